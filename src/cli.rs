@@ -1,0 +1,390 @@
+//! The command line (SPEC §2): one function per command, each ending in an exit code.
+//!
+//! Errors are one clear line on stderr and a non-zero exit. Nothing secret is printed.
+//! Exit codes: 0 success, 1 failure, 2 usage, 3 rotation overdue (`keys status`).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+
+use crate::audit::{self, Actor};
+use crate::clock::{Clock, SystemClock, rfc3339};
+use crate::config::{Config, ConfigError, LogFormat};
+use crate::store::{Db, OpenError, kek};
+use crate::vault::rootkey::{self, RootKeyError};
+use crate::vault::{RootKey, RootKeySource, Vault, VaultError};
+
+/// Strongbox: a credential vault and OAuth broker for AI agents.
+#[derive(Debug, Parser)]
+#[command(name = "strongbox", version, about)]
+pub struct Cli {
+    /// Configuration file (default: strongbox.toml if present).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP service.
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Manage the root key and key-encryption keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Inspect the audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Validate configuration and keys; non-zero exit with a clear message.
+    Check,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create the root key (development) and the first key-encryption key.
+    Init,
+    /// Key versions, state, age, records per version; exit 3 when rotation is overdue.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a new key-encryption key version primary.
+    Rotate,
+    /// Re-wrap every record still under an older version; online and resumable.
+    Rewrap {
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+    },
+    /// Destroy an old version; refused while any record still uses it.
+    Retire { version: i64 },
+    /// Re-seal all key-encryption keys under a new root key.
+    RotateRoot {
+        /// Read the new root key from this file (base64 of 32 bytes).
+        #[arg(long, value_name = "PATH")]
+        new_key_file: Option<PathBuf>,
+    },
+    /// Open every record to prove it is readable (run before `retire`).
+    Verify,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain end to end; non-zero exit on any break.
+    Verify,
+}
+
+/// A command's failure: one line for stderr.
+#[derive(Debug)]
+pub struct CliError(pub String);
+
+macro_rules! cli_error_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for CliError {
+            fn from(e: $t) -> Self {
+                CliError(e.to_string())
+            }
+        }
+    )*};
+}
+cli_error_from!(
+    ConfigError,
+    OpenError,
+    RootKeyError,
+    VaultError,
+    sqlx::Error,
+    std::io::Error,
+    audit::VerifyError
+);
+
+type CliResult = Result<ExitCode, CliError>;
+
+/// Loads configuration for `cli`; separate so `main` can set up logging from it first.
+pub fn load_config(cli: &Cli) -> Result<Config, CliError> {
+    let config = Config::load(cli.config.as_deref())?;
+    config.production_guards()?;
+    Ok(config)
+}
+
+/// Sets up tracing on stderr in the configured format. `RUST_LOG` overrides the level.
+pub fn init_tracing(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match config.log_format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Human => builder.try_init(),
+    };
+}
+
+/// Runs a parsed command.
+pub async fn run(cli: Cli, config: Config) -> CliResult {
+    match cli.command {
+        Command::Serve => crate::http::serve::run(config).await,
+        Command::Migrate => {
+            open_db(&config).await?;
+            say(format_args!("migrations applied"))
+        }
+        Command::Keys(cmd) => keys(cmd, &config).await,
+        Command::Audit(AuditCommand::Verify) => {
+            let db = open_db(&config).await?;
+            let v = audit::verify(&db).await?;
+            say(format_args!(
+                "audit trail intact: {} events, head {}",
+                v.events, v.head
+            ))
+        }
+        Command::Check => check(&config).await,
+    }
+}
+
+async fn keys(cmd: KeysCommand, config: &Config) -> CliResult {
+    let allow_generate = matches!(cmd, KeysCommand::Init);
+    let db = open_db(config).await?;
+    let vault = open_vault(config, db, allow_generate).await?;
+    match cmd {
+        KeysCommand::Init => match vault.init(Actor::Cli).await? {
+            Some(v) => say(format_args!("created KEK version {v} (primary)")),
+            None => say(format_args!("already initialized; nothing to do")),
+        },
+        KeysCommand::Status { json } => status(&vault, json).await,
+        KeysCommand::Rotate => {
+            let v = vault.rotate(Actor::Cli).await?;
+            say(format_args!(
+                "KEK version {v} is now primary; run `strongbox keys rewrap`"
+            ))
+        }
+        KeysCommand::Rewrap { batch } => {
+            let r = vault.rewrap(Actor::Cli, batch).await?;
+            say(format_args!(
+                "rewrapped {} records ({} already current)",
+                r.rewrapped, r.skipped
+            ))?;
+            if r.failed.is_empty() {
+                return Ok(ExitCode::SUCCESS);
+            }
+            for (id, why) in &r.failed {
+                eprintln!("strongbox: record {id} could not be re-wrapped: {why}");
+            }
+            Err(CliError(format!(
+                "{} records could not be re-wrapped",
+                r.failed.len()
+            )))
+        }
+        KeysCommand::Retire { version } => {
+            vault.retire(Actor::Cli, version).await?;
+            say(format_args!(
+                "KEK version {version} retired; its key material is destroyed"
+            ))
+        }
+        KeysCommand::RotateRoot { new_key_file } => rotate_root(config, &vault, new_key_file).await,
+        KeysCommand::Verify => {
+            vault.check_ready().await?;
+            let r = vault.verify_all().await?;
+            for (id, why) in &r.failed {
+                eprintln!("strongbox: record {id} does not open: {why}");
+            }
+            if r.failed.is_empty() {
+                say(format_args!("all {} records open", r.ok))
+            } else {
+                Err(CliError(format!(
+                    "{} of {} records do not open",
+                    r.failed.len(),
+                    r.ok + r.failed.len() as u64
+                )))
+            }
+        }
+    }
+}
+
+async fn status(vault: &Vault, json: bool) -> CliResult {
+    let s = vault.status().await?;
+    if json {
+        let versions: Vec<_> = s
+            .versions
+            .iter()
+            .map(|v| {
+                serde_json::json!({
+                    "version": v.version, "state": v.state, "created_at": rfc3339(v.created_at),
+                    "records": v.records, "wraps": v.wraps,
+                })
+            })
+            .collect();
+        say(format_args!(
+            "{}",
+            serde_json::json!({ "versions": versions, "rotation_due": s.rotation_due })
+        ))?;
+    } else {
+        say(format_args!(
+            "{:>7}  {:<12}  {:<20}  {:>10}  {:>10}",
+            "VERSION", "STATE", "CREATED", "RECORDS", "WRAPS"
+        ))?;
+        for v in &s.versions {
+            say(format_args!(
+                "{:>7}  {:<12}  {:<20}  {:>10}  {:>10}",
+                v.version,
+                v.state,
+                rfc3339(v.created_at),
+                v.records,
+                v.wraps
+            ))?;
+        }
+        if s.rotation_due {
+            say(format_args!("rotation is due: run `strongbox keys rotate`"))?;
+        }
+    }
+    Ok(if s.rotation_due {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn rotate_root(config: &Config, vault: &Vault, new_key_file: Option<PathBuf>) -> CliResult {
+    let file_mode = std::env::var_os("STRONGBOX_ROOT_KEY").is_none();
+    let new_root = if let Ok(text) = std::env::var("STRONGBOX_NEW_ROOT_KEY") {
+        RootKey::new(
+            rootkey::parse(&text, "STRONGBOX_NEW_ROOT_KEY")?,
+            RootKeySource::Env,
+        )
+    } else if let Some(path) = &new_key_file {
+        rootkey::load_file(path, config.https)?
+            .ok_or_else(|| CliError(format!("{} does not exist", path.display())))?
+    } else if file_mode {
+        let path = config.keys_dir.join(rootkey::ROOT_KEY_FILE);
+        RootKey::new(
+            crate::crypto::Key32::generate().map_err(VaultError::from)?,
+            RootKeySource::File(path),
+        )
+    } else {
+        return Err(CliError(
+            "the root key comes from STRONGBOX_ROOT_KEY: give the new one in STRONGBOX_NEW_ROOT_KEY or --new-key-file".into(),
+        ));
+    };
+    if new_root.id() == vault.root_key_id() {
+        return Err(CliError(
+            "the new root key is the same as the current one".into(),
+        ));
+    }
+    // In file mode the new key is on disk before any KEK is sealed under it.
+    if file_mode {
+        rootkey::write_pending(&config.keys_dir, new_root.key())?;
+    }
+    let n = vault.rotate_root(Actor::Cli, &new_root).await?;
+    if file_mode {
+        let path = rootkey::install_pending(&config.keys_dir)?;
+        say(format_args!(
+            "re-sealed {n} KEKs under root key {}; installed {}",
+            new_root.id(),
+            path.display()
+        ))?;
+    } else {
+        say(format_args!(
+            "re-sealed {n} KEKs under root key {}; set STRONGBOX_ROOT_KEY to the new key on every instance",
+            new_root.id()
+        ))?;
+    }
+    say(format_args!(
+        "restart running instances so they load the new root key"
+    ))
+}
+
+async fn check(config: &Config) -> CliResult {
+    for (name, p) in &config.providers {
+        p.client_secret(name)?;
+    }
+    let env = std::env::var("STRONGBOX_ROOT_KEY").ok();
+    let root = rootkey::load(&config.keys_dir, env.as_deref(), config.https)?;
+    if root.is_none() && config.https {
+        return Err(RootKeyError::Missing {
+            path: config
+                .keys_dir
+                .join(rootkey::ROOT_KEY_FILE)
+                .display()
+                .to_string(),
+        }
+        .into());
+    }
+    say(format_args!("configuration is valid"))
+}
+
+/// Connects to the configured database and applies migrations.
+pub async fn open_db(config: &Config) -> Result<Db, CliError> {
+    let db = Db::connect(&config.database_url).await?;
+    db.migrate().await?;
+    Ok(db)
+}
+
+/// Loads the root key and builds the vault. With `allow_generate`, a development
+/// instance without a root key gets a fresh `keys/root.key` and a loud warning.
+pub async fn open_vault(config: &Config, db: Db, allow_generate: bool) -> Result<Vault, CliError> {
+    let env = std::env::var("STRONGBOX_ROOT_KEY").ok();
+    let root = match rootkey::load(&config.keys_dir, env.as_deref(), config.https)? {
+        Some(root) => root,
+        None if allow_generate && !config.https => {
+            let root = rootkey::generate_file(&config.keys_dir)?;
+            tracing::warn!(
+                path = %config.keys_dir.join(rootkey::ROOT_KEY_FILE).display(),
+                "DEVELOPMENT ONLY: generated a new root key. Anyone with this file can decrypt \
+                 every stored token. In production, provide STRONGBOX_ROOT_KEY from a secret store."
+            );
+            root
+        }
+        None => {
+            return Err(RootKeyError::Missing {
+                path: config
+                    .keys_dir
+                    .join(rootkey::ROOT_KEY_FILE)
+                    .display()
+                    .to_string(),
+            }
+            .into());
+        }
+    };
+    let root = finish_pending_root(&config.keys_dir, &db, root, config.https).await?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    Ok(Vault::new(db, root, config.vault, clock))
+}
+
+/// If `keys rotate-root` was killed after re-sealing but before installing the new key
+/// file, the KEKs name `root.key.new`: finish the rename and use it.
+async fn finish_pending_root(
+    keys_dir: &Path,
+    db: &Db,
+    root: RootKey,
+    strict: bool,
+) -> Result<RootKey, CliError> {
+    let RootKeySource::File(_) = root.source() else {
+        return Ok(root);
+    };
+    let Some(primary) = kek::primary(db.pool()).await? else {
+        return Ok(root);
+    };
+    if primary.root_key_id == root.id() {
+        return Ok(root);
+    }
+    let pending = keys_dir.join(rootkey::PENDING_ROOT_KEY_FILE);
+    match rootkey::load_file(&pending, strict)? {
+        Some(new) if new.id() == primary.root_key_id => {
+            let path = rootkey::install_pending(keys_dir)?;
+            tracing::warn!(path = %path.display(), "completed an interrupted root key rotation");
+            Ok(RootKey::new(
+                crate::crypto::Key32::from_slice(new.key().reveal()).map_err(VaultError::from)?,
+                RootKeySource::File(path),
+            ))
+        }
+        _ => Ok(root),
+    }
+}
+
+fn say(args: std::fmt::Arguments<'_>) -> CliResult {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{args}")?;
+    Ok(ExitCode::SUCCESS)
+}

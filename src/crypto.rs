@@ -1,0 +1,318 @@
+//! The one crypto boundary: the only module that names cipher, digest or RNG crates.
+//!
+//! Everything here works on fixed-size keys (32 bytes), nonces (12 bytes) and tags
+//! (16 bytes); any other size is refused with [`CryptoError::UnsupportedSize`] rather than
+//! padded or truncated. Key bytes live in [`Key32`], which zeroizes on drop and cannot be
+//! printed. Callers above this module speak of `seal`/`open` (data) and `wrap`/`unwrap`
+//! (keys) and never see a cipher crate type.
+
+use std::fmt;
+
+use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
+use ring::rand::{SecureRandom, SystemRandom};
+use zeroize::Zeroizing;
+
+/// Bytes in every key this module accepts.
+pub const KEY_LEN: usize = 32;
+/// Bytes in every nonce this module accepts.
+pub const NONCE_LEN: usize = 12;
+/// Bytes in every authentication tag this module produces and accepts.
+pub const TAG_LEN: usize = 16;
+
+/// What can go wrong below the vault. Deliberately coarse: an authentication failure never
+/// says which byte or which key was wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CryptoError {
+    /// The ciphertext, its tag, nonce, key or associated data do not match.
+    #[error("authentication failed")]
+    Authentication,
+    /// A key, nonce or tag of a size this wrapper does not support.
+    #[error("unsupported {what} size: {got} bytes")]
+    UnsupportedSize { what: &'static str, got: usize },
+    /// The operating system's random number generator failed.
+    #[error("the system random number generator failed")]
+    Rng,
+}
+
+/// An AEAD cipher, identified in envelopes by a stable one-byte id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Cipher {
+    Aes256Gcm,
+    ChaCha20Poly1305,
+}
+
+impl Cipher {
+    /// The id written into envelopes. Never renumber.
+    pub const fn id(self) -> u8 {
+        match self {
+            Cipher::Aes256Gcm => 1,
+            Cipher::ChaCha20Poly1305 => 2,
+        }
+    }
+
+    pub const fn from_id(id: u8) -> Option<Cipher> {
+        match id {
+            1 => Some(Cipher::Aes256Gcm),
+            2 => Some(Cipher::ChaCha20Poly1305),
+            _ => None,
+        }
+    }
+
+    /// The name used in configuration.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Cipher::Aes256Gcm => "aes-256-gcm",
+            Cipher::ChaCha20Poly1305 => "chacha20-poly1305",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Cipher> {
+        [Cipher::Aes256Gcm, Cipher::ChaCha20Poly1305]
+            .into_iter()
+            .find(|c| c.name() == name)
+    }
+
+    fn algorithm(self) -> &'static aead::Algorithm {
+        match self {
+            Cipher::Aes256Gcm => &aead::AES_256_GCM,
+            Cipher::ChaCha20Poly1305 => &aead::CHACHA20_POLY1305,
+        }
+    }
+}
+
+impl fmt::Display for Cipher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// 32 bytes of key material: zeroized on drop, never printed, never cloned implicitly.
+pub struct Key32(Zeroizing<[u8; KEY_LEN]>);
+
+impl Key32 {
+    /// A fresh key from the OS CSPRNG.
+    pub fn generate() -> Result<Key32, CryptoError> {
+        let mut key = Zeroizing::new([0u8; KEY_LEN]);
+        fill_random(key.as_mut_slice())?;
+        Ok(Key32(key))
+    }
+
+    /// Copies `bytes` into a key; any length but 32 is refused.
+    pub fn from_slice(bytes: &[u8]) -> Result<Key32, CryptoError> {
+        let arr: [u8; KEY_LEN] = bytes.try_into().map_err(|_| CryptoError::UnsupportedSize {
+            what: "key",
+            got: bytes.len(),
+        })?;
+        Ok(Key32(Zeroizing::new(arr)))
+    }
+
+    /// The raw bytes, for wrapping this key under another or writing a key file.
+    pub(crate) fn reveal(&self) -> &[u8; KEY_LEN] {
+        &self.0
+    }
+
+    /// A short, non-secret identifier of this key: HMAC-SHA-256 keyed by the key over a
+    /// fixed label, first 8 bytes in hex. Lets an operator tell keys apart without seeing
+    /// them, and lets the vault say "wrong root key" instead of "corrupt data".
+    pub fn fingerprint(&self) -> String {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, self.0.as_slice());
+        let tag = ring::hmac::sign(&key, b"strongbox key fingerprint v1");
+        tag.as_ref()
+            .iter()
+            .take(8)
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+impl fmt::Debug for Key32 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Key32([REDACTED])")
+    }
+}
+
+/// A key bound to its cipher, ready to seal and open. Built once per KEK and kept; built
+/// per record for DEKs.
+pub struct AeadKey {
+    cipher: Cipher,
+    key: LessSafeKey,
+}
+
+impl fmt::Debug for AeadKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AeadKey({}, [REDACTED])", self.cipher)
+    }
+}
+
+impl AeadKey {
+    pub fn new(cipher: Cipher, key: &Key32) -> Result<AeadKey, CryptoError> {
+        Self::from_slice(cipher, key.0.as_slice())
+    }
+
+    /// Builds a key from raw bytes; any length but 32 is refused.
+    pub fn from_slice(cipher: Cipher, key: &[u8]) -> Result<AeadKey, CryptoError> {
+        if key.len() != KEY_LEN {
+            return Err(CryptoError::UnsupportedSize {
+                what: "key",
+                got: key.len(),
+            });
+        }
+        let unbound =
+            UnboundKey::new(cipher.algorithm(), key).map_err(|_| CryptoError::UnsupportedSize {
+                what: "key",
+                got: key.len(),
+            })?;
+        Ok(AeadKey {
+            cipher,
+            key: LessSafeKey::new(unbound),
+        })
+    }
+
+    pub fn cipher(&self) -> Cipher {
+        self.cipher
+    }
+
+    /// Encrypts `plaintext` and returns `ciphertext ‖ tag`.
+    pub fn seal(&self, nonce: &[u8], aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let nonce = nonce_from(nonce)?;
+        let mut buf = Vec::with_capacity(plaintext.len() + TAG_LEN);
+        buf.extend_from_slice(plaintext);
+        self.key
+            .seal_in_place_append_tag(nonce, Aad::from(aad), &mut buf)
+            .map_err(|_| CryptoError::Authentication)?;
+        Ok(buf)
+    }
+
+    /// Decrypts `ciphertext ‖ tag`. The plaintext comes back in a zeroizing buffer.
+    pub fn open(
+        &self,
+        nonce: &[u8],
+        aad: &[u8],
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        let nonce = nonce_from(nonce)?;
+        if sealed.len() < TAG_LEN {
+            return Err(CryptoError::Authentication);
+        }
+        let mut buf = Zeroizing::new(sealed.to_vec());
+        let len = self
+            .key
+            .open_in_place(nonce, Aad::from(aad), buf.as_mut_slice())
+            .map_err(|_| CryptoError::Authentication)?
+            .len();
+        buf.truncate(len);
+        Ok(buf)
+    }
+
+    /// Wraps (encrypts) another key. Output is 48 bytes: the key and its tag.
+    pub fn wrap(&self, nonce: &[u8], aad: &[u8], key: &Key32) -> Result<Vec<u8>, CryptoError> {
+        self.seal(nonce, aad, key.0.as_slice())
+    }
+
+    /// Unwraps a key sealed by [`AeadKey::wrap`].
+    pub fn unwrap_key(
+        &self,
+        nonce: &[u8],
+        aad: &[u8],
+        wrapped: &[u8],
+    ) -> Result<Key32, CryptoError> {
+        let opened = self.open(nonce, aad, wrapped)?;
+        Key32::from_slice(&opened).map_err(|_| CryptoError::Authentication)
+    }
+}
+
+fn nonce_from(bytes: &[u8]) -> Result<Nonce, CryptoError> {
+    Nonce::try_assume_unique_for_key(bytes).map_err(|_| CryptoError::UnsupportedSize {
+        what: "nonce",
+        got: bytes.len(),
+    })
+}
+
+/// Fills `buf` from the OS CSPRNG.
+pub fn fill_random(buf: &mut [u8]) -> Result<(), CryptoError> {
+    SystemRandom::new().fill(buf).map_err(|_| CryptoError::Rng)
+}
+
+/// A fresh random nonce from the OS CSPRNG.
+pub fn random_nonce() -> Result<[u8; NONCE_LEN], CryptoError> {
+    let mut nonce = [0u8; NONCE_LEN];
+    fill_random(&mut nonce)?;
+    Ok(nonce)
+}
+
+/// SHA-256 over a sequence of parts, fed in order.
+pub fn sha256(parts: &[&[u8]]) -> [u8; 32] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for part in parts {
+        ctx.update(part);
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+/// Constant-time equality for secrets and digests.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_both_ciphers() -> Result<(), CryptoError> {
+        for cipher in [Cipher::Aes256Gcm, Cipher::ChaCha20Poly1305] {
+            let key = AeadKey::new(cipher, &Key32::generate()?)?;
+            let nonce = random_nonce()?;
+            let sealed = key.seal(&nonce, b"aad", b"hello")?;
+            assert_eq!(sealed.len(), 5 + TAG_LEN);
+            assert_eq!(key.open(&nonce, b"aad", &sealed)?.as_slice(), b"hello");
+            assert_eq!(
+                key.open(&nonce, b"other", &sealed).err(),
+                Some(CryptoError::Authentication)
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn unsupported_sizes_are_refused() {
+        assert!(matches!(
+            AeadKey::from_slice(Cipher::Aes256Gcm, &[0u8; 16]),
+            Err(CryptoError::UnsupportedSize {
+                what: "key",
+                got: 16
+            })
+        ));
+        let Ok(key) = AeadKey::from_slice(Cipher::Aes256Gcm, &[0u8; 32]) else {
+            unreachable!("32-byte keys are supported")
+        };
+        assert!(matches!(
+            key.seal(&[0u8; 8], b"", b"x"),
+            Err(CryptoError::UnsupportedSize {
+                what: "nonce",
+                got: 8
+            })
+        ));
+        assert_eq!(
+            key.open(&[0u8; 12], b"", &[0u8; 15]).err(),
+            Some(CryptoError::Authentication)
+        );
+    }
+
+    #[test]
+    fn key_debug_is_redacted() -> Result<(), CryptoError> {
+        let key = Key32::from_slice(&[0x41; 32])?;
+        assert_eq!(format!("{key:?}"), "Key32([REDACTED])");
+        assert_eq!(key.fingerprint().len(), 16);
+        Ok(())
+    }
+
+    #[test]
+    fn constant_time_eq_works() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+}

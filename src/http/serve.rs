@@ -1,0 +1,65 @@
+//! `strongbox serve`: open the database and vault, bind, serve until SIGTERM or Ctrl-C.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use crate::audit::Actor;
+use crate::cli::{CliError, open_db, open_vault};
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+
+use super::{AppState, app};
+
+/// Runs the service until a shutdown signal; in-flight requests are allowed to finish.
+pub async fn run(config: Config) -> Result<ExitCode, CliError> {
+    if !config.https {
+        tracing::warn!(
+            public_url = %config.public_url,
+            "public_url is plain http: development mode (session cookie without Secure, \
+             inline secrets and a generated root key allowed)"
+        );
+    }
+    let db = open_db(&config).await?;
+    let vault = open_vault(&config, db.clone(), true).await?;
+    if let Some(v) = vault.init(Actor::System).await? {
+        tracing::info!(version = v, "created the first KEK");
+    }
+    let primary = vault.check_ready().await?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| CliError(format!("cannot listen on {}: {e}", config.listen)))?;
+    let addr = listener.local_addr()?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let state = AppState {
+        config: Arc::new(config),
+        db: db.clone(),
+        vault: Arc::new(vault),
+        clock,
+    };
+    tracing::info!(%addr, backend = db.backend().name(), primary_kek = primary, "strongbox listening");
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    db.close().await;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = term => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,78 @@
+//! Newtypes for every secret the service handles.
+//!
+//! One macro stamps them out so they all behave alike: the value lives in a
+//! [`secrecy::SecretString`] (zeroized on drop), `Debug` prints only the type name, there is
+//! no `Display`, `Serialize` or `Clone`, and the plaintext is reachable only through
+//! `pub(crate) reveal()`, whose call sites are few and reviewed (`grep -rn 'reveal()' src`).
+//! Equality, where a secret must be compared at all, is constant-time.
+
+use secrecy::{ExposeSecret, SecretString};
+
+macro_rules! secret_string {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        pub struct $name(SecretString);
+
+        impl $name {
+            /// Takes ownership of the secret; the `String` is moved, not copied.
+            pub fn new(value: String) -> Self {
+                Self(SecretString::from(value))
+            }
+
+            /// The plaintext. Call only where the secret must leave the process or be
+            /// sealed; never log or format it.
+            pub(crate) fn reveal(&self) -> &str {
+                self.0.expose_secret()
+            }
+
+            /// Constant-time comparison.
+            pub fn ct_eq(&self, other: &Self) -> bool {
+                crate::crypto::constant_time_eq(self.reveal().as_bytes(), other.reveal().as_bytes())
+            }
+        }
+
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(concat!(stringify!($name), "([REDACTED])"))
+            }
+        }
+    };
+}
+
+secret_string!(
+    /// An OAuth access token.
+    AccessToken
+);
+secret_string!(
+    /// An OAuth refresh token.
+    RefreshToken
+);
+secret_string!(
+    /// An OpenID Connect ID token (a signed JWT carrying personal data).
+    IdToken
+);
+secret_string!(
+    /// An OAuth client secret from configuration.
+    ClientSecret
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_the_value() {
+        let token = AccessToken::new("ya29.very-secret".into());
+        let printed = format!("{token:?}");
+        assert_eq!(printed, "AccessToken([REDACTED])");
+        assert!(!printed.contains("secret"));
+        assert_eq!(token.reveal(), "ya29.very-secret");
+    }
+
+    #[test]
+    fn comparison_is_by_value() {
+        let a = RefreshToken::new("r1".into());
+        assert!(a.ct_eq(&RefreshToken::new("r1".into())));
+        assert!(!a.ct_eq(&RefreshToken::new("r2".into())));
+    }
+}

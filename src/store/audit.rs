@@ -1,0 +1,96 @@
+//! The `audit_event` and `audit_head` tables. Append only: there is no update or delete
+//! here, and the schema's triggers refuse them.
+
+use sqlx::Row;
+
+use super::Conn;
+
+/// One stored event, as hashed.
+#[derive(Debug, Clone)]
+pub struct EventRow {
+    pub seq: i64,
+    pub at_ms: i64,
+    pub kind: String,
+    pub actor: String,
+    pub subject: String,
+    pub outcome: String,
+    pub request_id: String,
+    pub detail: String,
+    pub prev_hash: Vec<u8>,
+    pub hash: Vec<u8>,
+}
+
+/// Takes the next sequence number and returns it with the previous hash. Locks the head
+/// row until commit, so appends are totally ordered.
+pub async fn advance_head(conn: &mut Conn) -> Result<(i64, Vec<u8>), sqlx::Error> {
+    let row = sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
+        .fetch_one(conn)
+        .await?;
+    Ok((row.try_get("seq")?, row.try_get("hash")?))
+}
+
+pub async fn insert(conn: &mut Conn, e: &EventRow) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO audit_event (seq, at_ms, kind, actor, subject, outcome, request_id, detail, \
+         prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(e.seq)
+    .bind(e.at_ms)
+    .bind(&e.kind)
+    .bind(&e.actor)
+    .bind(&e.subject)
+    .bind(&e.outcome)
+    .bind(&e.request_id)
+    .bind(&e.detail)
+    .bind(e.prev_hash.as_slice())
+    .bind(e.hash.as_slice())
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
+        .bind(e.hash.as_slice())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The head: newest sequence number and hash.
+pub async fn head<'e, E>(e: E) -> Result<(i64, Vec<u8>), sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let row = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
+        .fetch_one(e)
+        .await?;
+    Ok((row.try_get("seq")?, row.try_get("hash")?))
+}
+
+/// Events with `seq > after`, in order.
+pub async fn page<'e, E>(e: E, after: i64, limit: i64) -> Result<Vec<EventRow>, sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let rows = sqlx::query(
+        "SELECT seq, at_ms, kind, actor, subject, outcome, request_id, detail, prev_hash, hash \
+         FROM audit_event WHERE seq > $1 ORDER BY seq LIMIT $2",
+    )
+    .bind(after)
+    .bind(limit)
+    .fetch_all(e)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(EventRow {
+                seq: r.try_get("seq")?,
+                at_ms: r.try_get("at_ms")?,
+                kind: r.try_get("kind")?,
+                actor: r.try_get("actor")?,
+                subject: r.try_get("subject")?,
+                outcome: r.try_get("outcome")?,
+                request_id: r.try_get("request_id")?,
+                detail: r.try_get("detail")?,
+                prev_hash: r.try_get("prev_hash")?,
+                hash: r.try_get("hash")?,
+            })
+        })
+        .collect()
+}

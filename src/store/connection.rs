@@ -1,0 +1,264 @@
+//! The `connection` table: one sealed token set per (user, provider).
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::{Backend, Conn};
+
+/// A stored connection. `envelope` is ciphertext; the other columns are public metadata.
+#[derive(Clone)]
+pub struct ConnectionRow {
+    pub id: String,
+    pub user_id: String,
+    pub provider: String,
+    pub scopes: String,
+    pub status: String,
+    pub kek_version: i64,
+    pub generation: i64,
+    pub envelope: Vec<u8>,
+    pub expires_at: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub last_used_at: Option<i64>,
+}
+
+impl std::fmt::Debug for ConnectionRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionRow")
+            .field("id", &self.id)
+            .field("user_id", &self.user_id)
+            .field("provider", &self.provider)
+            .field("kek_version", &self.kek_version)
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+const COLUMNS: &str = "id, user_id, provider, scopes, status, kek_version, generation, \
+                       envelope, expires_at, created_at, updated_at, last_used_at";
+
+fn from_row(row: &AnyRow) -> Result<ConnectionRow, sqlx::Error> {
+    Ok(ConnectionRow {
+        id: row.try_get("id")?,
+        user_id: row.try_get("user_id")?,
+        provider: row.try_get("provider")?,
+        scopes: row.try_get("scopes")?,
+        status: row.try_get("status")?,
+        kek_version: row.try_get("kek_version")?,
+        generation: row.try_get("generation")?,
+        envelope: row.try_get("envelope")?,
+        expires_at: row.try_get("expires_at")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        last_used_at: row.try_get("last_used_at")?,
+    })
+}
+
+/// The id and generation of a user's connection to a provider, locked for this transaction.
+pub async fn find_for_update(
+    conn: &mut Conn,
+    backend: Backend,
+    user_id: &str,
+    provider: &str,
+) -> Result<Option<(String, i64)>, sqlx::Error> {
+    let sql = format!(
+        "SELECT id, generation FROM connection WHERE user_id = $1 AND provider = $2{}",
+        backend.for_update()
+    );
+    let row = sqlx::query(&sql)
+        .bind(user_id)
+        .bind(provider)
+        .fetch_optional(conn)
+        .await?;
+    row.map(|r| Ok((r.try_get("id")?, r.try_get("generation")?)))
+        .transpose()
+}
+
+/// What a write stores.
+pub struct NewEnvelope<'a> {
+    pub id: &'a str,
+    pub user_id: &'a str,
+    pub provider: &'a str,
+    pub scopes: &'a str,
+    pub kek_version: i64,
+    pub envelope: &'a [u8],
+    pub expires_at: Option<i64>,
+    pub now: i64,
+}
+
+/// Inserts a new row; `false` when a row for (user, provider) already exists.
+pub async fn insert(conn: &mut Conn, new: &NewEnvelope<'_>) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "INSERT INTO connection (id, user_id, provider, scopes, status, kek_version, generation, \
+         envelope, expires_at, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, 'active', $5, 1, $6, $7, $8, $8) \
+         ON CONFLICT (user_id, provider) DO NOTHING",
+    )
+    .bind(new.id)
+    .bind(new.user_id)
+    .bind(new.provider)
+    .bind(new.scopes)
+    .bind(new.kek_version)
+    .bind(new.envelope)
+    .bind(new.expires_at)
+    .bind(new.now)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// Replaces the sealed token set of an existing row and bumps its generation.
+pub async fn replace(conn: &mut Conn, new: &NewEnvelope<'_>) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE connection SET scopes = $2, status = 'active', kek_version = $3, \
+         generation = generation + 1, envelope = $4, expires_at = $5, updated_at = $6 \
+         WHERE id = $1",
+    )
+    .bind(new.id)
+    .bind(new.scopes)
+    .bind(new.kek_version)
+    .bind(new.envelope)
+    .bind(new.expires_at)
+    .bind(new.now)
+    .execute(conn)
+    .await?
+    .rows_affected())
+}
+
+pub async fn by_user_provider<'e, E>(
+    e: E,
+    user_id: &str,
+    provider: &str,
+) -> Result<Option<ConnectionRow>, sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let sql = format!("SELECT {COLUMNS} FROM connection WHERE user_id = $1 AND provider = $2");
+    sqlx::query(&sql)
+        .bind(user_id)
+        .bind(provider)
+        .fetch_optional(e)
+        .await?
+        .as_ref()
+        .map(from_row)
+        .transpose()
+}
+
+pub async fn delete(conn: &mut Conn, id: &str) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query("DELETE FROM connection WHERE id = $1")
+        .bind(id)
+        .execute(conn)
+        .await?
+        .rows_affected()
+        > 0)
+}
+
+/// Rows under a version older than `primary`, after `after_id`, in id order.
+pub async fn stale_batch<'e, E>(
+    e: E,
+    primary: i64,
+    after_id: &str,
+    limit: i64,
+) -> Result<Vec<ConnectionRow>, sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let sql = format!(
+        "SELECT {COLUMNS} FROM connection WHERE kek_version < $1 AND id > $2 \
+         ORDER BY id LIMIT $3"
+    );
+    sqlx::query(&sql)
+        .bind(primary)
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(e)
+        .await?
+        .iter()
+        .map(from_row)
+        .collect()
+}
+
+/// Every row in id order after `after_id`; for whole-vault checks.
+pub async fn page<'e, E>(
+    e: E,
+    after_id: &str,
+    limit: i64,
+) -> Result<Vec<ConnectionRow>, sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let sql = format!("SELECT {COLUMNS} FROM connection WHERE id > $1 ORDER BY id LIMIT $2");
+    sqlx::query(&sql)
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(e)
+        .await?
+        .iter()
+        .map(from_row)
+        .collect()
+}
+
+/// One re-wrapped envelope to swap in, valid only if the row is unchanged since it was read.
+pub struct Swap<'a> {
+    pub id: &'a str,
+    pub generation: i64,
+    pub old_version: i64,
+    pub envelope: Vec<u8>,
+}
+
+/// Swaps re-wrapped envelopes in one statement. A row written since it was read (its
+/// generation or version moved) is left alone. Returns how many rows changed.
+pub async fn swap_envelopes(
+    conn: &mut Conn,
+    new_version: i64,
+    swaps: &[Swap<'_>],
+) -> Result<u64, sqlx::Error> {
+    if swaps.is_empty() {
+        return Ok(0);
+    }
+    let mut sql = String::with_capacity(128 + swaps.len() * 24);
+    sql.push_str("WITH v (id, gen, old, env) AS (VALUES ");
+    for i in 0..swaps.len() {
+        let b = 2 + i * 4;
+        if i > 0 {
+            sql.push(',');
+        }
+        sql.push_str(&format!("(${}, ${}, ${}, ${})", b, b + 1, b + 2, b + 3));
+    }
+    sql.push_str(
+        ") UPDATE connection SET envelope = v.env, kek_version = $1 FROM v \
+         WHERE connection.id = v.id AND connection.generation = v.gen \
+         AND connection.kek_version = v.old",
+    );
+    let mut q = sqlx::query(&sql).bind(new_version);
+    for s in swaps {
+        q = q
+            .bind(s.id)
+            .bind(s.generation)
+            .bind(s.old_version)
+            .bind(s.envelope.as_slice());
+    }
+    Ok(q.execute(conn).await?.rows_affected())
+}
+
+/// `(kek_version, records)` for every version in use.
+pub async fn count_by_version<'e, E>(e: E) -> Result<Vec<(i64, i64)>, sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let rows = sqlx::query(
+        "SELECT kek_version, COUNT(*) AS n FROM connection GROUP BY kek_version ORDER BY kek_version",
+    )
+    .fetch_all(e)
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("kek_version")?, r.try_get("n")?)))
+        .collect()
+}
+
+pub async fn count_under(conn: &mut Conn, version: i64) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM connection WHERE kek_version = $1")
+        .bind(version)
+        .fetch_one(conn)
+        .await
+}

@@ -1,0 +1,218 @@
+//! Every SQL statement lives under this module: the pool, migrations, transactions, and one
+//! file per table group.
+//!
+//! One set of statements serves SQLite and PostgreSQL through sqlx's `Any` driver: `$N`
+//! placeholders (SQLite reads them by number), portable types (TEXT ids, BIGINT times,
+//! BLOB/BYTEA bytes). Where the dialects differ — row locks — [`Backend`] says which form to
+//! use. Writers always go through [`Db::begin`], which on SQLite takes the write lock up
+//! front (`BEGIN IMMEDIATE`) so a transaction never fails half-way on a stale snapshot.
+//! A database failure is an `Err`, never a swallowed `None`.
+
+pub mod audit;
+pub mod connection;
+pub mod kek;
+pub mod users;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Executor};
+
+/// A write transaction; the caller owns it and commits the change with its audit event.
+pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
+/// A connection inside a transaction, as store functions take it.
+pub type Conn = sqlx::AnyConnection;
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
+/// Which SQL engine is behind the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// `FOR UPDATE` where the engine has row locks; SQLite's write lock already covers it.
+    pub const fn for_update(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "",
+            Backend::Postgres => " FOR UPDATE",
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// Why the database could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("database_url must start with sqlite: or postgres:, got scheme {0:?}")]
+    UnsupportedScheme(String),
+    #[error("cannot create the directory {path} for the SQLite database: {source}")]
+    CreateDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot connect to the database: {0}")]
+    Connect(#[source] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// The shared pool and its backend.
+#[derive(Debug, Clone)]
+pub struct Db {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl Db {
+    /// Opens `url`, creating a SQLite file (and its directory) on first use.
+    pub async fn connect(url: &str) -> Result<Db, OpenError> {
+        sqlx::any::install_default_drivers();
+        let scheme = url.split(':').next().unwrap_or_default();
+        let (backend, url) = match scheme {
+            "sqlite" => (Backend::Sqlite, sqlite_url(url)?),
+            "postgres" | "postgresql" => (Backend::Postgres, url.to_owned()),
+            other => return Err(OpenError::UnsupportedScheme(other.to_owned())),
+        };
+        let options = AnyConnectOptions::from_str(&url).map_err(OpenError::Connect)?;
+        if backend == Backend::Sqlite {
+            enable_wal(&options).await.map_err(OpenError::Connect)?;
+        }
+        let pool = match backend {
+            Backend::Sqlite => {
+                AnyPoolOptions::new()
+                    .max_connections(4)
+                    .after_connect(|conn, _meta| {
+                        Box::pin(async move {
+                            conn.execute(
+                                "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+                             PRAGMA busy_timeout = 15000;",
+                            )
+                            .await?;
+                            Ok(())
+                        })
+                    })
+            }
+            Backend::Postgres => AnyPoolOptions::new().max_connections(16),
+        }
+        .acquire_timeout(Duration::from_secs(15))
+        .connect_with(options)
+        .await
+        .map_err(OpenError::Connect)?;
+        Ok(Db { pool, backend })
+    }
+
+    /// Applies pending migrations for this backend.
+    pub async fn migrate(&self) -> Result<(), OpenError> {
+        let migrator = match self.backend {
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+            Backend::Postgres => &POSTGRES_MIGRATIONS,
+        };
+        migrator.run(&self.pool).await?;
+        Ok(())
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Starts a write transaction.
+    pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
+    }
+
+    /// Round-trips a trivial query.
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        self.pool.execute("SELECT 1").await.map(|_| ())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Switches a SQLite database to write-ahead logging. The mode is stored in the file, so
+/// this runs once per open on one connection, and only changes what needs changing.
+async fn enable_wal(options: &AnyConnectOptions) -> Result<(), sqlx::Error> {
+    use sqlx::{ConnectOptions, Connection};
+    let mut conn = options.connect().await?;
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&mut conn)
+        .await?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        conn.execute("PRAGMA journal_mode = WAL").await?;
+    }
+    conn.close().await
+}
+
+/// `sqlite://path` or `sqlite:path`: makes sure the parent directory exists and that the
+/// file is created on first use.
+fn sqlite_url(url: &str) -> Result<String, OpenError> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or_default();
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if path != ":memory:"
+        && let Some(dir) = Path::new(path)
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(dir).map_err(|source| OpenError::CreateDir {
+            path: dir.display().to_string(),
+            source,
+        })?;
+    }
+    let query = if query.split('&').any(|kv| kv.starts_with("mode=")) {
+        query.to_owned()
+    } else if query.is_empty() {
+        "mode=rwc".to_owned()
+    } else {
+        format!("{query}&mode=rwc")
+    };
+    Ok(format!("sqlite://{path}?{query}"))
+}
+
+/// True when `err` is a unique-constraint violation.
+pub fn is_unique_violation(err: &sqlx::Error) -> bool {
+    err.as_database_error()
+        .is_some_and(|e| e.is_unique_violation())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_urls_get_create_mode() -> Result<(), OpenError> {
+        let dir = tempfile::tempdir().map_err(|source| OpenError::CreateDir {
+            path: "tmp".into(),
+            source,
+        })?;
+        let path = dir.path().join("sub/x.db");
+        let url = sqlite_url(&format!("sqlite://{}", path.display()))?;
+        assert!(url.ends_with("x.db?mode=rwc"));
+        assert!(dir.path().join("sub").is_dir());
+        assert_eq!(sqlite_url("sqlite::memory:")?, "sqlite://:memory:?mode=rwc");
+        Ok(())
+    }
+}

@@ -1,0 +1,447 @@
+//! The vault: envelope encryption of token sets under versioned KEKs sealed by a root key.
+//!
+//! Three layers (SPEC §7): the root key (outside the database) seals KEKs (in the database,
+//! shared by every instance); the primary KEK wraps a fresh DEK for every write; the DEK
+//! seals the token set. Callers store, load and delete a (user, provider) connection's
+//! token set. What [`Vault::load`] returns is a [`SealedCredential`]: metadata anyone may
+//! read, and ciphertext that only [`Vault::open`] turns into a [`TokenSet`] — and `open`
+//! demands an [`OpenCapability`], which only the executor module can construct. So the
+//! compiler, not a convention, keeps plaintext tokens inside the executor.
+//!
+//! Every write reserves a wrap on the primary KEK in the caller's transaction; that both
+//! counts wraps durably and locks the primary, so a rotation never races a write. When a
+//! KEK's count passes the configured limit (far below the 2^32 random-nonce bound of NIST
+//! SP 800-38D), the write rotates first, audited, in the same transaction.
+
+pub mod envelope;
+pub mod keyring;
+mod lifecycle;
+pub mod rootkey;
+pub mod tokens;
+
+use std::sync::Arc;
+
+use crate::audit::{self, Actor, Event, Kind};
+use crate::clock::Clock;
+use crate::crypto::{AeadKey, Cipher, CryptoError, Key32, random_nonce};
+use crate::executor::OpenCapability;
+use crate::store::connection::{self as conns, ConnectionRow, NewEnvelope};
+use crate::store::kek::{self, Reservation};
+use crate::store::{Conn, Db};
+
+pub use envelope::{Binding, Envelope, EnvelopeError};
+pub use lifecycle::{KeyStatus, RewrapReport, VerifyReport, VersionStatus};
+pub use rootkey::{RootKey, RootKeySource};
+pub use tokens::TokenSet;
+
+use keyring::KekCache;
+
+/// The NIST SP 800-38D bound for random 96-bit nonces under one key is 2^32 invocations.
+/// Rotate at half of it by default.
+pub const DEFAULT_MAX_WRAPS: i64 = 1 << 31;
+
+/// Everything that can go wrong in the vault. Messages never contain key or token bytes.
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("malformed envelope: {0}")]
+    Envelope(#[from] EnvelopeError),
+    #[error(
+        "the envelope failed authentication: it was altered, truncated, or belongs to another record"
+    )]
+    Authentication,
+    #[error("KEK version {0} is not in the database")]
+    UnknownKek(i64),
+    #[error("KEK version {0} is retired; its key material was destroyed")]
+    KekRetired(i64),
+    #[error(
+        "wrong root key: KEK version {version} was sealed under root key {expected}, \
+         but the loaded root key is {have}"
+    )]
+    WrongRootKey {
+        version: i64,
+        expected: String,
+        have: String,
+    },
+    #[error("the sealed key material of KEK version {0} is corrupt")]
+    CorruptKek(i64),
+    #[error("unknown cipher {0:?} recorded for a KEK")]
+    UnknownCipher(String),
+    #[error("no primary KEK: run `strongbox keys init`")]
+    NoPrimary,
+    #[error("KEK version {0} does not exist")]
+    NoSuchVersion(i64),
+    #[error("KEK version {0} is the primary; rotate first")]
+    RetirePrimary(i64),
+    #[error("KEK version {0} is already retired")]
+    AlreadyRetired(i64),
+    #[error(
+        "KEK version {version} still protects {records} record(s); run `strongbox keys rewrap` first"
+    )]
+    RetireInUse { version: i64, records: i64 },
+    #[error("another rotation committed at the same time; run the command again")]
+    ConcurrentRotation,
+    #[error("the decrypted token set is malformed")]
+    Malformed(#[from] tokens::MalformedTokenSet),
+    #[error("{0}")]
+    Crypto(#[from] CryptoError),
+}
+
+/// Vault settings, parsed from `[vault]`.
+#[derive(Debug, Clone, Copy)]
+pub struct VaultSettings {
+    pub cipher: Cipher,
+    /// Seconds after which the primary KEK is due for rotation.
+    pub rotation_period: i64,
+    /// Wraps after which a KEK is rotated automatically.
+    pub max_wraps: i64,
+}
+
+impl Default for VaultSettings {
+    fn default() -> Self {
+        VaultSettings {
+            cipher: Cipher::Aes256Gcm,
+            rotation_period: 90 * 86_400,
+            max_wraps: DEFAULT_MAX_WRAPS,
+        }
+    }
+}
+
+/// A stored connection as loaded: public metadata and ciphertext.
+pub struct SealedCredential {
+    row: ConnectionRow,
+}
+
+impl std::fmt::Debug for SealedCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedCredential")
+            .field("id", &self.row.id)
+            .field("provider", &self.row.provider)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SealedCredential {
+    pub fn id(&self) -> &str {
+        &self.row.id
+    }
+    pub fn user_id(&self) -> &str {
+        &self.row.user_id
+    }
+    pub fn provider(&self) -> &str {
+        &self.row.provider
+    }
+    pub fn scopes(&self) -> Vec<&str> {
+        self.row
+            .scopes
+            .split(' ')
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
+    pub fn status(&self) -> &str {
+        &self.row.status
+    }
+    pub fn expires_at(&self) -> Option<i64> {
+        self.row.expires_at
+    }
+    pub fn kek_version(&self) -> i64 {
+        self.row.kek_version
+    }
+    pub fn generation(&self) -> i64 {
+        self.row.generation
+    }
+}
+
+fn binding(row: &ConnectionRow) -> Binding<'_> {
+    Binding {
+        record_id: &row.id,
+        user_id: &row.user_id,
+        provider: &row.provider,
+    }
+}
+
+/// The vault facade shared by the whole service.
+pub struct Vault {
+    db: Db,
+    root: RootKey,
+    settings: VaultSettings,
+    clock: Arc<dyn Clock>,
+    keks: KekCache,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vault")
+            .field("backend", &self.db.backend())
+            .field("root_key_id", &self.root.id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Vault {
+    pub fn new(db: Db, root: RootKey, settings: VaultSettings, clock: Arc<dyn Clock>) -> Vault {
+        Vault {
+            db,
+            root,
+            settings,
+            clock,
+            keks: KekCache::default(),
+        }
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    pub fn root_key_id(&self) -> String {
+        self.root.id()
+    }
+
+    /// The unsealed KEK of `version`, from cache or from the database.
+    async fn kek(&self, version: i64) -> Result<Arc<AeadKey>, VaultError> {
+        self.kek_via(None, version).await
+    }
+
+    /// As [`Vault::kek`], reading through `conn` when given: a writer holding a
+    /// transaction must not wait on a second pool connection.
+    async fn kek_via(
+        &self,
+        conn: Option<&mut Conn>,
+        version: i64,
+    ) -> Result<Arc<AeadKey>, VaultError> {
+        if let Some(k) = self.keks.get(version) {
+            return Ok(k);
+        }
+        let row = match conn {
+            Some(conn) => kek::by_version(conn, version).await?,
+            None => kek::by_version(self.db.pool(), version).await?,
+        }
+        .ok_or(VaultError::UnknownKek(version))?;
+        let (cipher, key) = keyring::unseal_kek(&self.root, &row)?;
+        let key = Arc::new(AeadKey::new(cipher, &key)?);
+        self.keks.insert(version, Arc::clone(&key));
+        Ok(key)
+    }
+
+    /// Reserves `n` wraps on the primary, rotating first (in the same transaction) when the
+    /// primary cannot take them within its wrap limit. Returns the version and its key.
+    async fn reserve(&self, conn: &mut Conn, n: i64) -> Result<(i64, Arc<AeadKey>), VaultError> {
+        let max = self.settings.max_wraps;
+        match kek::reserve_wraps(conn, n, max).await? {
+            Reservation::Reserved { version, .. } => {
+                Ok((version, self.kek_via(Some(conn), version).await?))
+            }
+            Reservation::NoPrimary => Err(VaultError::NoPrimary),
+            Reservation::Full { version } => {
+                let reason = serde_json::json!({ "reason": "wrap_limit", "full": version });
+                let (new_version, key) = self
+                    .rotate_in(conn, Actor::System, Kind::KeyRotated, reason)
+                    .await?;
+                match kek::reserve_wraps(conn, n, max).await? {
+                    Reservation::Reserved { version, .. } if version == new_version => {
+                        Ok((version, key))
+                    }
+                    _ => Err(VaultError::ConcurrentRotation),
+                }
+            }
+        }
+    }
+
+    /// Seals `tokens` as the (user, provider) connection inside the caller's transaction,
+    /// creating the row or replacing its token set, and audits the write. Returns the
+    /// connection id.
+    pub async fn store(
+        &self,
+        conn: &mut Conn,
+        actor: &Actor,
+        user_id: &str,
+        provider: &str,
+        tokens: &TokenSet,
+    ) -> Result<String, VaultError> {
+        let backend = self.db.backend();
+        let (version, kek) = self.reserve(conn, 1).await?;
+        let now = self.clock.unix();
+        let scopes = tokens.scopes.join(" ");
+        let plaintext = tokens.encode();
+        let existing = conns::find_for_update(conn, backend, user_id, provider).await?;
+        let id = match existing {
+            Some((id, _)) => id,
+            None => {
+                let id = uuid::Uuid::now_v7().to_string();
+                let b = Binding {
+                    record_id: &id,
+                    user_id,
+                    provider,
+                };
+                let env = self.seal_with(&kek, version, b, &plaintext)?;
+                let new = NewEnvelope {
+                    id: &id,
+                    user_id,
+                    provider,
+                    scopes: &scopes,
+                    kek_version: version,
+                    envelope: &env,
+                    expires_at: tokens.expires_at,
+                    now,
+                };
+                if conns::insert(conn, &new).await? {
+                    self.audit_store(conn, actor, &id, provider, version)
+                        .await?;
+                    return Ok(id);
+                }
+                // Another writer created the row first; reuse its id.
+                conns::find_for_update(conn, backend, user_id, provider)
+                    .await?
+                    .map(|(id, _)| id)
+                    .ok_or(VaultError::Database(sqlx::Error::RowNotFound))?
+            }
+        };
+        let b = Binding {
+            record_id: &id,
+            user_id,
+            provider,
+        };
+        let env = self.seal_with(&kek, version, b, &plaintext)?;
+        let new = NewEnvelope {
+            id: &id,
+            user_id,
+            provider,
+            scopes: &scopes,
+            kek_version: version,
+            envelope: &env,
+            expires_at: tokens.expires_at,
+            now,
+        };
+        conns::replace(conn, &new).await?;
+        self.audit_store(conn, actor, &id, provider, version)
+            .await?;
+        Ok(id)
+    }
+
+    async fn audit_store(
+        &self,
+        conn: &mut Conn,
+        actor: &Actor,
+        id: &str,
+        provider: &str,
+        version: i64,
+    ) -> Result<(), VaultError> {
+        let event = Event::new(Kind::CredentialStored, actor.clone(), id)
+            .detail(serde_json::json!({ "provider": provider, "kek_version": version }));
+        audit::append(conn, self.clock.unix_ms(), event).await?;
+        Ok(())
+    }
+
+    /// The sealed connection of (user, provider), if any.
+    pub async fn load(
+        &self,
+        user_id: &str,
+        provider: &str,
+    ) -> Result<Option<SealedCredential>, VaultError> {
+        let row = conns::by_user_provider(self.db.pool(), user_id, provider).await?;
+        Ok(row.map(|row| SealedCredential { row }))
+    }
+
+    /// Erases a connection inside the caller's transaction and audits it.
+    pub async fn delete(
+        &self,
+        conn: &mut Conn,
+        actor: &Actor,
+        id: &str,
+    ) -> Result<bool, VaultError> {
+        let deleted = conns::delete(conn, id).await?;
+        if deleted {
+            let event = Event::new(Kind::CredentialDeleted, actor.clone(), id);
+            audit::append(conn, self.clock.unix_ms(), event).await?;
+        }
+        Ok(deleted)
+    }
+
+    /// Decrypts a loaded credential. Only the executor holds an [`OpenCapability`].
+    pub async fn open(
+        &self,
+        _cap: &OpenCapability,
+        sealed: &SealedCredential,
+    ) -> Result<TokenSet, VaultError> {
+        let plaintext = self.open_row(&sealed.row).await?;
+        Ok(TokenSet::decode(&plaintext)?)
+    }
+
+    /// Authenticated decryption of a row's envelope.
+    async fn open_row(
+        &self,
+        row: &ConnectionRow,
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, VaultError> {
+        let env = Envelope::parse(&row.envelope)?;
+        let b = binding(row);
+        let dek = self.unwrap_dek(&env, b).await?;
+        let data = AeadKey::new(env.data_cipher, &dek)?;
+        data.open(
+            &env.data_nonce,
+            &Envelope::data_aad(env.data_cipher, b),
+            &env.ciphertext,
+        )
+        .map_err(|_| VaultError::Authentication)
+    }
+
+    async fn unwrap_dek(&self, env: &Envelope, b: Binding<'_>) -> Result<Key32, VaultError> {
+        let kek = self.kek(i64::from(env.kek_version)).await?;
+        if kek.cipher() != env.wrap_cipher {
+            return Err(VaultError::Authentication);
+        }
+        let aad = Envelope::wrap_aad(env.data_cipher, env.wrap_cipher, env.kek_version, b);
+        kek.unwrap_key(&env.wrap_nonce, &aad, &env.wrapped_dek)
+            .map_err(|_| VaultError::Authentication)
+    }
+
+    /// Seals `plaintext` under a fresh DEK wrapped by `kek`.
+    fn seal_with(
+        &self,
+        kek: &AeadKey,
+        version: i64,
+        b: Binding<'_>,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, VaultError> {
+        let kek_version = u32::try_from(version).map_err(|_| VaultError::UnknownKek(version))?;
+        let data_cipher = self.settings.cipher;
+        let dek = Key32::generate()?;
+        let data_nonce = random_nonce()?;
+        let ciphertext = AeadKey::new(data_cipher, &dek)?.seal(
+            &data_nonce,
+            &Envelope::data_aad(data_cipher, b),
+            plaintext,
+        )?;
+        let (wrap_nonce, wrapped_dek) = wrap_dek(kek, data_cipher, kek_version, b, &dek)?;
+        Ok(Envelope {
+            data_cipher,
+            wrap_cipher: kek.cipher(),
+            kek_version,
+            wrap_nonce,
+            wrapped_dek,
+            data_nonce,
+            ciphertext,
+        }
+        .to_bytes())
+    }
+}
+
+/// Wraps a DEK under `kek` for the envelope of record `b`.
+fn wrap_dek(
+    kek: &AeadKey,
+    data_cipher: Cipher,
+    kek_version: u32,
+    b: Binding<'_>,
+    dek: &Key32,
+) -> Result<([u8; 12], [u8; 48]), VaultError> {
+    let nonce = random_nonce()?;
+    let aad = Envelope::wrap_aad(data_cipher, kek.cipher(), kek_version, b);
+    let wrapped: [u8; 48] = kek
+        .wrap(&nonce, &aad, dek)?
+        .try_into()
+        .map_err(|_| VaultError::Authentication)?;
+    Ok((nonce, wrapped))
+}
+
+#[cfg(test)]
+mod tests;

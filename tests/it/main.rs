@@ -1,0 +1,15 @@
+//! The one integration-test binary: drives the real `strongbox` binary and library
+//! against SQLite and PostgreSQL.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod cli;
+mod kat;
+mod leak;
+mod serve;
+mod support;

@@ -1,0 +1,131 @@
+//! `strongbox serve` from a fresh checkout, and the operations routes.
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use tower::ServiceExt;
+
+use crate::support::{Engine, Site, fixed_root};
+
+async fn get(addr: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    let status = buf.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, buf)
+}
+
+#[tokio::test]
+async fn serve_from_scratch_then_sigterm() {
+    let site = Site::new(Engine::Sqlite).await.unwrap();
+    let started = Instant::now();
+    let mut child = site
+        .cmd(&["serve"])
+        .env_remove("STRONGBOX_DATABASE_URL") // the default: sqlite://data/strongbox.db
+        .env("STRONGBOX_LISTEN", "127.0.0.1:0")
+        .env("STRONGBOX_LOG__FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let addr = loop {
+        let line = lines.next().expect("serve exited early").unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        seen.push(json.clone());
+        if json["fields"]["message"] == "strongbox listening" {
+            break json["fields"]["addr"].as_str().unwrap().to_owned();
+        }
+    };
+    eprintln!(
+        "ready after {:?} (includes process start)",
+        started.elapsed()
+    );
+    assert!(seen.iter().any(|j| {
+        j["level"] == "WARN"
+            && j["fields"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("DEVELOPMENT ONLY")
+    }));
+    assert!(site.path().join("data/strongbox.db").exists());
+    assert!(site.keys_dir().join("root.key").exists());
+
+    let (status, body) = get(&addr, "/healthz").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = get(&addr, "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"primary_kek\":1"));
+    assert!(
+        body.to_ascii_lowercase()
+            .contains("x-content-type-options: nosniff")
+    );
+    let (status, body) = get(&addr, "/metrics").await;
+    assert_eq!(status, 200);
+    for metric in [
+        "strongbox_kek_age_seconds{version=\"1\",state=\"primary\"}",
+        "strongbox_kek_records{version=\"1\"} 0",
+        "strongbox_kek_wraps_total{version=\"1\"} 0",
+        "strongbox_kek_rotation_due 0",
+    ] {
+        assert!(body.contains(metric), "{metric} missing from {body}");
+    }
+
+    let pid = child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "serve did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn readyz_fails_with_the_wrong_root_key() {
+    let site = Site::new(Engine::Sqlite).await.unwrap();
+    site.ok(&["keys", "init"]);
+    let clock: std::sync::Arc<dyn strongbox::clock::Clock> =
+        std::sync::Arc::new(strongbox::clock::SystemClock);
+    let db = site.db().await;
+    let vault =
+        strongbox::vault::Vault::new(db.clone(), fixed_root(3), Default::default(), clock.clone());
+    let state = strongbox::AppState {
+        config: std::sync::Arc::new(strongbox::config::Config::from_toml("").unwrap()),
+        db,
+        vault: std::sync::Arc::new(vault),
+        clock,
+    };
+    let resp = strongbox::app(state)
+        .oneshot(Request::get("/readyz").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+        .await
+        .unwrap();
+    let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(problem["code"], "not_ready");
+    assert_eq!(problem["status"], 503);
+}
