@@ -22,7 +22,11 @@
 //!
 //! Parsing is total: any input yields an [`Envelope`] or an [`EnvelopeError`], never a panic.
 
-use crate::crypto::{Cipher, KEY_LEN, NONCE_LEN, TAG_LEN};
+use zeroize::Zeroizing;
+
+use crate::crypto::{
+    AeadKey, Cipher, CryptoError, KEY_LEN, Key32, NONCE_LEN, TAG_LEN, random_nonce,
+};
 
 /// The only format version this build writes and reads.
 pub const FORMAT_V1: u8 = 1;
@@ -155,6 +159,76 @@ impl Envelope {
         ];
         aad(b"strongbox/dek/v1", &header, binding)
     }
+}
+
+/// Seals `plaintext` for the record `b` under a fresh DEK, wrapped by `kek` (version
+/// `kek_version`). Fresh DEK and nonces come from the OS CSPRNG on every call.
+pub fn seal(
+    kek: &AeadKey,
+    kek_version: u32,
+    data_cipher: Cipher,
+    b: Binding<'_>,
+    plaintext: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
+    let dek = Key32::generate()?;
+    let data_nonce = random_nonce()?;
+    let ciphertext = AeadKey::new(data_cipher, &dek)?.seal(
+        &data_nonce,
+        &Envelope::data_aad(data_cipher, b),
+        plaintext,
+    )?;
+    let (wrap_nonce, wrapped_dek) = wrap_dek(kek, data_cipher, kek_version, b, &dek)?;
+    Ok(Envelope {
+        data_cipher,
+        wrap_cipher: kek.cipher(),
+        kek_version,
+        wrap_nonce,
+        wrapped_dek,
+        data_nonce,
+        ciphertext,
+    }
+    .to_bytes())
+}
+
+/// Opens a parsed envelope of record `b` with its KEK. Any mismatch — another row's
+/// ciphertext, an edited header, the wrong KEK — is [`CryptoError::Authentication`].
+pub fn open(
+    kek: &AeadKey,
+    env: &Envelope,
+    b: Binding<'_>,
+) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    let dek = unwrap_dek(kek, env, b)?;
+    AeadKey::new(env.data_cipher, &dek)?.open(
+        &env.data_nonce,
+        &Envelope::data_aad(env.data_cipher, b),
+        &env.ciphertext,
+    )
+}
+
+/// Unwraps the DEK of a parsed envelope.
+pub fn unwrap_dek(kek: &AeadKey, env: &Envelope, b: Binding<'_>) -> Result<Key32, CryptoError> {
+    if kek.cipher() != env.wrap_cipher {
+        return Err(CryptoError::Authentication);
+    }
+    let aad = Envelope::wrap_aad(env.data_cipher, env.wrap_cipher, env.kek_version, b);
+    kek.unwrap_key(&env.wrap_nonce, &aad, &env.wrapped_dek)
+}
+
+/// Wraps a DEK under `kek` for the envelope of record `b`.
+pub fn wrap_dek(
+    kek: &AeadKey,
+    data_cipher: Cipher,
+    kek_version: u32,
+    b: Binding<'_>,
+    dek: &Key32,
+) -> Result<([u8; NONCE_LEN], [u8; WRAPPED_DEK_LEN]), CryptoError> {
+    let nonce = random_nonce()?;
+    let aad = Envelope::wrap_aad(data_cipher, kek.cipher(), kek_version, b);
+    let wrapped = kek.wrap(&nonce, &aad, dek)?;
+    let wrapped: [u8; WRAPPED_DEK_LEN] = wrapped
+        .try_into()
+        .map_err(|_| CryptoError::Authentication)?;
+    Ok((nonce, wrapped))
 }
 
 fn aad(label: &[u8], header: &[u8], b: Binding<'_>) -> Vec<u8> {

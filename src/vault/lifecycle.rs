@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use super::{Envelope, RootKey, Vault, VaultError, binding, keyring, wrap_dek};
+use super::{Envelope, RootKey, Vault, VaultError, auth, binding, envelope, keyring};
 use crate::audit::{self, Actor, Event, Kind};
 use crate::crypto::{AeadKey, Key32};
 use crate::store::connection::{self as conns, Swap};
@@ -209,8 +209,10 @@ impl Vault {
     ) -> Result<Vec<u8>, VaultError> {
         let mut env = Envelope::parse(&row.envelope)?;
         let b = binding(row);
-        let dek = self.unwrap_dek(&env, b).await?;
-        let (nonce, wrapped) = wrap_dek(target, env.data_cipher, target_version, b, &dek)?;
+        let kek = self.kek(i64::from(env.kek_version)).await?;
+        let dek = envelope::unwrap_dek(&kek, &env, b).map_err(auth)?;
+        let (nonce, wrapped) =
+            envelope::wrap_dek(target, env.data_cipher, target_version, b, &dek)?;
         env.kek_version = target_version;
         env.wrap_cipher = target.cipher();
         env.wrap_nonce = nonce;

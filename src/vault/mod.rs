@@ -23,11 +23,12 @@ use std::sync::Arc;
 
 use crate::audit::{self, Actor, Event, Kind};
 use crate::clock::Clock;
-use crate::crypto::{AeadKey, Cipher, CryptoError, Key32, random_nonce};
+use crate::crypto::{AeadKey, Cipher, CryptoError};
 use crate::executor::OpenCapability;
 use crate::store::connection::{self as conns, ConnectionRow, NewEnvelope};
 use crate::store::kek::{self, Reservation};
 use crate::store::{Conn, Db};
+use zeroize::Zeroizing;
 
 pub use envelope::{Binding, Envelope, EnvelopeError};
 pub use lifecycle::{KeyStatus, RewrapReport, VerifyReport, VersionStatus};
@@ -369,30 +370,10 @@ impl Vault {
     }
 
     /// Authenticated decryption of a row's envelope.
-    async fn open_row(
-        &self,
-        row: &ConnectionRow,
-    ) -> Result<zeroize::Zeroizing<Vec<u8>>, VaultError> {
+    async fn open_row(&self, row: &ConnectionRow) -> Result<Zeroizing<Vec<u8>>, VaultError> {
         let env = Envelope::parse(&row.envelope)?;
-        let b = binding(row);
-        let dek = self.unwrap_dek(&env, b).await?;
-        let data = AeadKey::new(env.data_cipher, &dek)?;
-        data.open(
-            &env.data_nonce,
-            &Envelope::data_aad(env.data_cipher, b),
-            &env.ciphertext,
-        )
-        .map_err(|_| VaultError::Authentication)
-    }
-
-    async fn unwrap_dek(&self, env: &Envelope, b: Binding<'_>) -> Result<Key32, VaultError> {
         let kek = self.kek(i64::from(env.kek_version)).await?;
-        if kek.cipher() != env.wrap_cipher {
-            return Err(VaultError::Authentication);
-        }
-        let aad = Envelope::wrap_aad(env.data_cipher, env.wrap_cipher, env.kek_version, b);
-        kek.unwrap_key(&env.wrap_nonce, &aad, &env.wrapped_dek)
-            .map_err(|_| VaultError::Authentication)
+        envelope::open(&kek, &env, binding(row)).map_err(auth)
     }
 
     /// Seals `plaintext` under a fresh DEK wrapped by `kek`.
@@ -404,43 +385,22 @@ impl Vault {
         plaintext: &[u8],
     ) -> Result<Vec<u8>, VaultError> {
         let kek_version = u32::try_from(version).map_err(|_| VaultError::UnknownKek(version))?;
-        let data_cipher = self.settings.cipher;
-        let dek = Key32::generate()?;
-        let data_nonce = random_nonce()?;
-        let ciphertext = AeadKey::new(data_cipher, &dek)?.seal(
-            &data_nonce,
-            &Envelope::data_aad(data_cipher, b),
-            plaintext,
-        )?;
-        let (wrap_nonce, wrapped_dek) = wrap_dek(kek, data_cipher, kek_version, b, &dek)?;
-        Ok(Envelope {
-            data_cipher,
-            wrap_cipher: kek.cipher(),
+        Ok(envelope::seal(
+            kek,
             kek_version,
-            wrap_nonce,
-            wrapped_dek,
-            data_nonce,
-            ciphertext,
-        }
-        .to_bytes())
+            self.settings.cipher,
+            b,
+            plaintext,
+        )?)
     }
 }
 
-/// Wraps a DEK under `kek` for the envelope of record `b`.
-fn wrap_dek(
-    kek: &AeadKey,
-    data_cipher: Cipher,
-    kek_version: u32,
-    b: Binding<'_>,
-    dek: &Key32,
-) -> Result<([u8; 12], [u8; 48]), VaultError> {
-    let nonce = random_nonce()?;
-    let aad = Envelope::wrap_aad(data_cipher, kek.cipher(), kek_version, b);
-    let wrapped: [u8; 48] = kek
-        .wrap(&nonce, &aad, dek)?
-        .try_into()
-        .map_err(|_| VaultError::Authentication)?;
-    Ok((nonce, wrapped))
+/// Maps an AEAD failure to the vault's one authentication error; keeps RNG and size errors.
+fn auth(e: CryptoError) -> VaultError {
+    match e {
+        CryptoError::Authentication => VaultError::Authentication,
+        other => VaultError::Crypto(other),
+    }
 }
 
 #[cfg(test)]
