@@ -247,3 +247,114 @@ pub async fn verify(db: &Db) -> Result<Verified, VerifyError> {
         head: prev.iter().map(|b| format!("{b:02x}")).collect(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use sqlx::Executor as _;
+
+    use super::*;
+    use crate::both_backends;
+    use crate::store::Backend;
+
+    async fn trail(db: &Db, n: i64) {
+        for i in 1..=n {
+            let mut tx = db.begin().await.unwrap();
+            let e = Event::new(Kind::KeyRotated, Actor::Cli, format!("kek:{i}"))
+                .detail(serde_json::json!({ "version": i }))
+                .request_id(format!("req-{i}"));
+            assert_eq!(append(&mut tx, 1_000 + i, e).await.unwrap(), i);
+            tx.commit().await.unwrap();
+        }
+    }
+
+    async fn sql(db: &Db, statement: &str) {
+        db.pool().execute(statement).await.unwrap();
+    }
+
+    /// Simulates a database writer with DDL rights: lifts the append-only triggers.
+    async fn lift_triggers(db: &Db) {
+        match db.backend() {
+            Backend::Sqlite => {
+                sql(db, "DROP TRIGGER audit_event_no_update").await;
+                sql(db, "DROP TRIGGER audit_event_no_delete").await;
+            }
+            Backend::Postgres => sql(db, "DROP TRIGGER audit_event_no_change ON audit_event").await,
+        }
+    }
+
+    async fn broken(db: &Db) -> Break {
+        match verify(db).await {
+            Err(VerifyError::Broken(b)) => b,
+            other => panic!("expected a break, got {other:?}"),
+        }
+    }
+
+    both_backends! {
+        async fn intact_trail_verifies(t: TestDb) {
+            assert_eq!(verify(&t.db).await.unwrap().events, 0);
+            trail(&t.db, 5).await;
+            let v = verify(&t.db).await.unwrap();
+            assert_eq!(v.events, 5);
+            assert_eq!(v.head.len(), 64);
+        }
+
+        async fn updates_and_deletes_are_refused(t: TestDb) {
+            trail(&t.db, 2).await;
+            assert!(t.db.pool().execute("UPDATE audit_event SET outcome = 'denied'").await.is_err());
+            assert!(t.db.pool().execute("DELETE FROM audit_event").await.is_err());
+            verify(&t.db).await.unwrap();
+        }
+
+        async fn edit_is_detected(t: TestDb) {
+            trail(&t.db, 4).await;
+            lift_triggers(&t.db).await;
+            sql(&t.db, "UPDATE audit_event SET actor = 'user:mallory' WHERE seq = 2").await;
+            assert_eq!(broken(&t.db).await, Break::Altered { seq: 2 });
+        }
+
+        async fn removal_is_detected(t: TestDb) {
+            trail(&t.db, 4).await;
+            lift_triggers(&t.db).await;
+            sql(&t.db, "DELETE FROM audit_event WHERE seq = 2").await;
+            assert_eq!(broken(&t.db).await, Break::Gap { after: 1, found: 3 });
+        }
+
+        async fn tail_removal_is_detected(t: TestDb) {
+            trail(&t.db, 4).await;
+            lift_triggers(&t.db).await;
+            sql(&t.db, "DELETE FROM audit_event WHERE seq = 4").await;
+            assert_eq!(broken(&t.db).await, Break::Truncated { last: 3, head: 4 });
+        }
+
+        async fn reorder_is_detected(t: TestDb) {
+            trail(&t.db, 4).await;
+            lift_triggers(&t.db).await;
+            sql(&t.db, "UPDATE audit_event SET seq = 100 WHERE seq = 2").await;
+            sql(&t.db, "UPDATE audit_event SET seq = 2 WHERE seq = 3").await;
+            sql(&t.db, "UPDATE audit_event SET seq = 3 WHERE seq = 100").await;
+            assert_eq!(broken(&t.db).await, Break::Link { seq: 2 });
+        }
+
+        async fn insertion_is_detected(t: TestDb) {
+            trail(&t.db, 3).await;
+            lift_triggers(&t.db).await;
+            // Make room after event 1 and slip in a forged event that hashes correctly
+            // over its own contents and links to event 1.
+            sql(&t.db, "UPDATE audit_event SET seq = seq + 10 WHERE seq >= 2").await;
+            sql(&t.db, "UPDATE audit_event SET seq = seq - 9 WHERE seq >= 12").await;
+            let first = crate::store::audit::page(t.db.pool(), 0, 1).await.unwrap().remove(0);
+            let mut forged = crate::store::audit::EventRow {
+                seq: 2, at_ms: 1_001, kind: "credential.released".into(), actor: "agent:evil".into(),
+                subject: "x".into(), outcome: "success".into(), request_id: String::new(),
+                detail: "null".into(), prev_hash: first.hash, hash: Vec::new(),
+            };
+            forged.hash = chain_hash(&forged).to_vec();
+            sqlx::query("INSERT INTO audit_event (seq, at_ms, kind, actor, subject, outcome, request_id, detail, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
+                .bind(forged.seq).bind(forged.at_ms).bind(&forged.kind).bind(&forged.actor).bind(&forged.subject)
+                .bind(&forged.outcome).bind(&forged.request_id).bind(&forged.detail)
+                .bind(forged.prev_hash.as_slice()).bind(forged.hash.as_slice())
+                .execute(t.db.pool()).await.unwrap();
+            assert_eq!(broken(&t.db).await, Break::Link { seq: 3 });
+        }
+    }
+}

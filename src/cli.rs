@@ -327,7 +327,8 @@ pub async fn open_vault(config: &Config, db: Db, allow_generate: bool) -> Result
     let env = std::env::var("STRONGBOX_ROOT_KEY").ok();
     let root = match rootkey::load(&config.keys_dir, env.as_deref(), config.https)? {
         Some(root) => root,
-        None if allow_generate && !config.https => {
+        // Generate only for an empty vault: KEKs sealed under a lost key stay lost.
+        None if allow_generate && !config.https && kek::all(db.pool()).await?.is_empty() => {
             let root = rootkey::generate_file(&config.keys_dir)?;
             tracing::warn!(
                 path = %config.keys_dir.join(rootkey::ROOT_KEY_FILE).display(),

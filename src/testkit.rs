@@ -2,7 +2,7 @@
 //!
 //! PostgreSQL tests read `DATABASE_URL` and create their own database, so tests never
 //! share state. Without `DATABASE_URL` they are skipped with a message — unless
-//! `STRONGBOX_REQUIRE_POSTGRES_TESTS=1` (set by `.ci/run`), where they fail instead.
+//! `REQUIRE_POSTGRES_TESTS=1` (set by `.ci/run`), where they fail instead.
 
 use std::sync::Arc;
 
@@ -31,8 +31,7 @@ fn postgres_url() -> Option<String> {
     match std::env::var("DATABASE_URL") {
         Ok(url) if url.starts_with("postgres") => Some(url),
         _ => {
-            let required =
-                std::env::var("STRONGBOX_REQUIRE_POSTGRES_TESTS").is_ok_and(|v| v == "1");
+            let required = std::env::var("REQUIRE_POSTGRES_TESTS").is_ok_and(|v| v == "1");
             assert!(
                 !required,
                 "DATABASE_URL must point at PostgreSQL: these tests are required"
@@ -60,6 +59,7 @@ impl TestDb {
                 let admin = postgres_url()?;
                 let name = format!("sbx_test_{}", uuid::Uuid::new_v4().simple());
                 let admin_db = Db::connect(&admin).await.unwrap();
+                drop_stale_databases(&admin_db).await;
                 admin_db
                     .pool()
                     .execute(format!("CREATE DATABASE {name}").as_str())
@@ -80,6 +80,27 @@ impl TestDb {
             }
         }
     }
+}
+
+/// Drops test databases that earlier runs left behind, once per test process and before
+/// this process creates any of its own. Databases still in use are left alone.
+async fn drop_stale_databases(admin: &Db) {
+    static ONCE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    ONCE.get_or_init(|| async {
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT datname::text FROM pg_database WHERE datname LIKE 'sbx\\_%'",
+        )
+        .fetch_all(admin.pool())
+        .await
+        .unwrap_or_default();
+        for name in names {
+            let _ = admin
+                .pool()
+                .execute(format!("DROP DATABASE IF EXISTS {name}").as_str())
+                .await;
+        }
+    })
+    .await;
 }
 
 /// A root key for tests.

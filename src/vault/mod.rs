@@ -266,8 +266,8 @@ impl Vault {
         let scopes = tokens.scopes.join(" ");
         let plaintext = tokens.encode();
         let existing = conns::find_for_update(conn, backend, user_id, provider).await?;
-        let id = match existing {
-            Some((id, _)) => id,
+        let (id, sealed_once) = match existing {
+            Some((id, _)) => (id, false),
             None => {
                 let id = uuid::Uuid::now_v7().to_string();
                 let b = Binding {
@@ -292,11 +292,18 @@ impl Vault {
                     return Ok(id);
                 }
                 // Another writer created the row first; reuse its id.
-                conns::find_for_update(conn, backend, user_id, provider)
+                let id = conns::find_for_update(conn, backend, user_id, provider)
                     .await?
                     .map(|(id, _)| id)
-                    .ok_or(VaultError::Database(sqlx::Error::RowNotFound))?
+                    .ok_or(VaultError::Database(sqlx::Error::RowNotFound))?;
+                (id, true)
             }
+        };
+        // A discarded first seal still used the KEK once: count the second wrap too.
+        let (version, kek) = if sealed_once {
+            self.reserve(conn, 1).await?
+        } else {
+            (version, kek)
         };
         let b = Binding {
             record_id: &id,

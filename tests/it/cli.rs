@@ -264,3 +264,20 @@ async fn production_guards() {
         "plain http tolerates it"
     );
 }
+
+#[tokio::test]
+async fn a_lost_root_key_is_not_silently_replaced() {
+    let site = Site::new(Engine::Sqlite).await.unwrap();
+    site.ok(&["keys", "init"]);
+    std::fs::remove_file(site.keys_dir().join("root.key")).unwrap();
+    for args in [&["serve"][..], &["keys", "init"]] {
+        let out = site.run(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains("no root key"), "{args:?}: {err}");
+        assert!(
+            !site.keys_dir().join("root.key").exists(),
+            "{args:?} generated a key"
+        );
+    }
+}

@@ -108,14 +108,18 @@ async fn no_token_in_the_clear(site: Site) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_token_in_the_clear_sqlite() {
-    no_token_in_the_clear(Site::new(Engine::Sqlite).await.unwrap()).await;
-}
+mod no_token_in_the_clear {
+    use crate::support::{Engine, Site};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_token_in_the_clear_postgres() {
-    if let Some(site) = Site::new(Engine::Postgres).await {
-        no_token_in_the_clear(site).await;
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        super::no_token_in_the_clear(Site::new(Engine::Sqlite).await.unwrap()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        if let Some(site) = Site::new(Engine::Postgres).await {
+            super::no_token_in_the_clear(site).await;
+        }
     }
 }

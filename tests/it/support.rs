@@ -32,8 +32,7 @@ fn postgres_admin_url() -> Option<String> {
     match std::env::var("DATABASE_URL") {
         Ok(url) if url.starts_with("postgres") => Some(url),
         _ => {
-            let required =
-                std::env::var("STRONGBOX_REQUIRE_POSTGRES_TESTS").is_ok_and(|v| v == "1");
+            let required = std::env::var("REQUIRE_POSTGRES_TESTS").is_ok_and(|v| v == "1");
             assert!(
                 !required,
                 "DATABASE_URL must point at PostgreSQL: these tests are required"
@@ -52,6 +51,7 @@ impl Site {
             Engine::Sqlite => format!("sqlite://{}/data/strongbox.db", dir.path().display()),
             Engine::Postgres => {
                 let admin = postgres_admin_url()?;
+                drop_stale_databases(&admin).await;
                 let name = format!("sbx_it_{}", uuid::Uuid::new_v4().simple());
                 sql(&admin, &format!("CREATE DATABASE {name}")).await;
                 sql(
@@ -120,6 +120,37 @@ impl Site {
             clock,
         ))
     }
+}
+
+/// Drops test databases that earlier runs left behind, once per test process and before
+/// this process creates any of its own. Databases still in use are left alone.
+async fn drop_stale_databases(admin: &str) {
+    static ONCE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    ONCE.get_or_init(|| async {
+        sqlx::any::install_default_drivers();
+        // Best effort: a failed clean-up must not fail the suite.
+        let Ok(mut conn) = <sqlx::AnyConnection as sqlx::Connection>::connect(admin).await else {
+            return;
+        };
+        let names: Vec<String> = match sqlx::query_scalar(
+            "SELECT datname::text FROM pg_database WHERE datname LIKE 'sbx\\_%'",
+        )
+        .fetch_all(&mut conn)
+        .await
+        {
+            Ok(names) => names,
+            Err(e) => {
+                eprintln!("could not list stale test databases: {e}");
+                return;
+            }
+        };
+        for name in names {
+            let _ = conn
+                .execute(format!("DROP DATABASE IF EXISTS {name}").as_str())
+                .await;
+        }
+    })
+    .await;
 }
 
 /// Runs one statement against `url` on a connection of the test's own.
