@@ -184,23 +184,29 @@ impl AeadKey {
     }
 
     /// Decrypts `ciphertext ‖ tag`. The plaintext comes back in a zeroizing buffer.
-    pub fn open(
+    pub fn open(&self, nonce: &[u8], aad: &[u8], sealed: &[u8]) -> Result<Plaintext, CryptoError> {
+        self.open_owned(nonce, aad, sealed.to_vec())
+    }
+
+    /// Decrypts `ciphertext ‖ tag` in place, without copying: the buffer is zeroizing from
+    /// the moment it is handed over, whether or not it authenticates.
+    pub fn open_owned(
         &self,
         nonce: &[u8],
         aad: &[u8],
-        sealed: &[u8],
-    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        sealed: Vec<u8>,
+    ) -> Result<Plaintext, CryptoError> {
         let nonce = nonce_from(nonce)?;
-        if sealed.len() < TAG_LEN {
+        let mut buf = Plaintext(sealed);
+        if buf.len() < TAG_LEN {
             return Err(CryptoError::Authentication);
         }
-        let mut buf = Zeroizing::new(sealed.to_vec());
         let len = self
             .key
-            .open_in_place(nonce, Aad::from(aad), buf.as_mut_slice())
+            .open_in_place(nonce, Aad::from(aad), buf.0.as_mut_slice())
             .map_err(|_| CryptoError::Authentication)?
             .len();
-        buf.truncate(len);
+        buf.0.truncate(len);
         Ok(buf)
     }
 
@@ -209,15 +215,24 @@ impl AeadKey {
         self.seal(nonce, aad, key.0.as_slice())
     }
 
-    /// Unwraps a key sealed by [`AeadKey::wrap`].
+    /// Unwraps a key sealed by [`AeadKey::wrap`]. Works on the stack: no allocation.
     pub fn unwrap_key(
         &self,
         nonce: &[u8],
         aad: &[u8],
         wrapped: &[u8],
     ) -> Result<Key32, CryptoError> {
-        let opened = self.open(nonce, aad, wrapped)?;
-        Key32::from_slice(&opened).map_err(|_| CryptoError::Authentication)
+        let nonce = nonce_from(nonce)?;
+        let mut buf = Zeroizing::new([0u8; KEY_LEN + TAG_LEN]);
+        if wrapped.len() != buf.len() {
+            return Err(CryptoError::Authentication);
+        }
+        buf.copy_from_slice(wrapped);
+        let key = self
+            .key
+            .open_in_place(nonce, Aad::from(aad), buf.as_mut_slice())
+            .map_err(|_| CryptoError::Authentication)?;
+        Key32::from_slice(key)
     }
 }
 
@@ -226,6 +241,41 @@ fn nonce_from(bytes: &[u8]) -> Result<Nonce, CryptoError> {
         what: "nonce",
         got: bytes.len(),
     })
+}
+
+/// Decrypted bytes: wiped when dropped, including spare capacity, and never printed.
+/// Wiping goes a machine word at a time (volatile writes through `zeroize`), because a
+/// byte-at-a-time wipe of a token set costs more than decrypting it.
+pub struct Plaintext(Vec<u8>);
+
+impl Plaintext {
+    pub fn as_slice(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for Plaintext {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for Plaintext {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.0.spare_capacity_mut().zeroize();
+        let (head, words, tail) = bytemuck::pod_align_to_mut::<u8, u64>(self.0.as_mut_slice());
+        head.zeroize();
+        words.zeroize();
+        tail.zeroize();
+    }
+}
+
+impl fmt::Debug for Plaintext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Plaintext([REDACTED; {} bytes])", self.0.len())
+    }
 }
 
 /// Fills `buf` from the OS CSPRNG.
@@ -267,7 +317,9 @@ mod tests {
             let nonce = random_nonce()?;
             let sealed = key.seal(&nonce, b"aad", b"hello")?;
             assert_eq!(sealed.len(), 5 + TAG_LEN);
-            assert_eq!(key.open(&nonce, b"aad", &sealed)?.as_slice(), b"hello");
+            let opened = key.open(&nonce, b"aad", &sealed)?;
+            assert_eq!(opened.as_slice(), b"hello");
+            assert_eq!(format!("{opened:?}"), "Plaintext([REDACTED; 5 bytes])");
             assert_eq!(
                 key.open(&nonce, b"other", &sealed).err(),
                 Some(CryptoError::Authentication)

@@ -12,20 +12,24 @@
 //!     79   16+  ciphertext ‖ tag
 //! ```
 //!
-//! Two associated-data strings bind the envelope to its row. The data AAD covers the
-//! header fields that never change for a sealed payload (format, data cipher) plus record
-//! id, user and provider; the wrap AAD covers the whole key header (format, both ciphers,
-//! KEK version) plus the same three ids. Each part is length-prefixed, so no two different
-//! tuples encode alike. Because the KEK version sits only in the wrap AAD, a rewrap replaces
-//! bytes 2..67 and leaves the payload ciphertext untouched, yet a copied or edited
-//! envelope still fails to open anywhere but in its own row.
+//! Two associated-data strings protect the envelope. The data AAD binds the payload to its
+//! row: the header fields that never change for a sealed payload (format, data cipher)
+//! plus record id, user and provider. The wrap AAD binds the wrapped DEK to the whole key
+//! header (format, both ciphers, KEK version). Each part is length-prefixed, so no two
+//! different tuples encode alike. Because the KEK version sits only in the wrap AAD, a
+//! rewrap replaces bytes 2..67 and leaves the payload ciphertext untouched, yet a copied or
+//! edited envelope still fails to open anywhere but in its own row: a DEK carried to
+//! another row unwraps, but its payload's data AAD names the original row. The ids stay
+//! out of the wrap AAD on purpose: GHASH over associated data is the slow path, and the
+//! data AAD already carries them.
 //!
 //! Parsing is total: any input yields an [`Envelope`] or an [`EnvelopeError`], never a panic.
 
 use zeroize::Zeroizing;
 
 use crate::crypto::{
-    AeadKey, Cipher, CryptoError, KEY_LEN, Key32, NONCE_LEN, TAG_LEN, random_nonce,
+    AeadKey, Cipher, CryptoError, KEY_LEN, Key32, NONCE_LEN, Plaintext, TAG_LEN, fill_random,
+    random_nonce,
 };
 
 /// The only format version this build writes and reads.
@@ -37,6 +41,8 @@ const OFF_WRAPPED: usize = OFF_WRAP_NONCE + NONCE_LEN;
 const OFF_DATA_NONCE: usize = OFF_WRAPPED + WRAPPED_DEK_LEN;
 /// Bytes before the ciphertext.
 pub const HEADER_LEN: usize = OFF_DATA_NONCE + NONCE_LEN;
+/// Bytes in [`Envelope::key_id`]: the key header and wrapped DEK.
+pub const KEY_ID_LEN: usize = OFF_DATA_NONCE - 1;
 
 /// Why bytes are not an envelope this build can read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -49,19 +55,20 @@ pub enum EnvelopeError {
     UnknownCipher(u8),
 }
 
-/// A parsed envelope. Holds only ciphertext and public header fields.
+/// A parsed envelope, borrowing its ciphertext from the stored bytes. Holds only
+/// ciphertext and public header fields.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Envelope {
+pub struct Envelope<'a> {
     pub data_cipher: Cipher,
     pub wrap_cipher: Cipher,
     pub kek_version: u32,
     pub wrap_nonce: [u8; NONCE_LEN],
     pub wrapped_dek: [u8; WRAPPED_DEK_LEN],
     pub data_nonce: [u8; NONCE_LEN],
-    pub ciphertext: Vec<u8>,
+    pub ciphertext: &'a [u8],
 }
 
-impl std::fmt::Debug for Envelope {
+impl std::fmt::Debug for Envelope<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Envelope")
             .field("data_cipher", &self.data_cipher)
@@ -80,8 +87,8 @@ pub struct Binding<'a> {
     pub provider: &'a str,
 }
 
-impl Envelope {
-    pub fn parse(bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
+impl<'a> Envelope<'a> {
+    pub fn parse(bytes: &'a [u8]) -> Result<Envelope<'a>, EnvelopeError> {
         let min = HEADER_LEN + TAG_LEN;
         let truncated = || EnvelopeError::Truncated {
             len: bytes.len(),
@@ -114,7 +121,7 @@ impl Envelope {
             wrap_nonce: *wrap_nonce,
             wrapped_dek: *wrapped_dek,
             data_nonce: *data_nonce,
-            ciphertext: ciphertext.to_vec(),
+            ciphertext,
         })
     }
 
@@ -127,26 +134,24 @@ impl Envelope {
         out.extend_from_slice(&self.wrap_nonce);
         out.extend_from_slice(&self.wrapped_dek);
         out.extend_from_slice(&self.data_nonce);
-        out.extend_from_slice(&self.ciphertext);
+        out.extend_from_slice(self.ciphertext);
         out
     }
 
     /// Associated data for the payload: stable header fields and the row's ids.
-    pub fn data_aad(data_cipher: Cipher, binding: Binding<'_>) -> Vec<u8> {
-        aad(
+    pub fn data_aad(data_cipher: Cipher, binding: Binding<'_>) -> AadBuf {
+        aad(&[
             b"strongbox/data/v1",
             &[FORMAT_V1, data_cipher.id()],
-            binding,
-        )
+            binding.record_id.as_bytes(),
+            binding.user_id.as_bytes(),
+            binding.provider.as_bytes(),
+        ])
     }
 
-    /// Associated data for the wrapped DEK: the full key header and the row's ids.
-    pub fn wrap_aad(
-        data_cipher: Cipher,
-        wrap_cipher: Cipher,
-        kek_version: u32,
-        binding: Binding<'_>,
-    ) -> Vec<u8> {
+    /// Associated data for the wrapped DEK: the full key header. The row's ids are bound by
+    /// the data AAD: a DEK moved to another row unwraps, but opens nothing there.
+    pub fn wrap_aad(data_cipher: Cipher, wrap_cipher: Cipher, kek_version: u32) -> AadBuf {
         let v = kek_version.to_be_bytes();
         let header = [
             FORMAT_V1,
@@ -157,7 +162,7 @@ impl Envelope {
             v[2],
             v[3],
         ];
-        aad(b"strongbox/dek/v1", &header, binding)
+        aad(&[b"strongbox/dek/v1", &header])
     }
 }
 
@@ -170,79 +175,156 @@ pub fn seal(
     b: Binding<'_>,
     plaintext: &[u8],
 ) -> Result<Vec<u8>, CryptoError> {
-    let dek = Key32::generate()?;
-    let data_nonce = random_nonce()?;
+    // One draw from the OS for the DEK and both nonces: the syscall costs more than the
+    // encryption of a token set.
+    let mut fresh = Zeroizing::new([0u8; KEY_LEN + 2 * NONCE_LEN]);
+    fill_random(fresh.as_mut_slice())?;
+    let (key_bytes, nonces) = fresh.split_at(KEY_LEN);
+    let (data_nonce, wrap_nonce) = nonces.split_at(NONCE_LEN);
+    let dek = Key32::from_slice(key_bytes)?;
     let ciphertext = AeadKey::new(data_cipher, &dek)?.seal(
-        &data_nonce,
+        data_nonce,
         &Envelope::data_aad(data_cipher, b),
         plaintext,
     )?;
-    let (wrap_nonce, wrapped_dek) = wrap_dek(kek, data_cipher, kek_version, b, &dek)?;
+    let wrapped_dek = wrap_dek_with(kek, data_cipher, kek_version, &dek, wrap_nonce)?;
     Ok(Envelope {
         data_cipher,
         wrap_cipher: kek.cipher(),
         kek_version,
-        wrap_nonce,
+        wrap_nonce: wrap_nonce.try_into().map_err(|_| CryptoError::Rng)?,
         wrapped_dek,
-        data_nonce,
-        ciphertext,
+        data_nonce: data_nonce.try_into().map_err(|_| CryptoError::Rng)?,
+        ciphertext: &ciphertext,
     }
     .to_bytes())
 }
 
-/// Opens a parsed envelope of record `b` with its KEK. Any mismatch — another row's
-/// ciphertext, an edited header, the wrong KEK — is [`CryptoError::Authentication`].
-pub fn open(
-    kek: &AeadKey,
-    env: &Envelope,
+/// Opens a parsed envelope of record `b` with its KEK, decrypting its ciphertext in place.
+/// Any mismatch — another row's ciphertext, an edited header, the wrong KEK — is
+/// [`CryptoError::Authentication`].
+pub fn open(kek: &AeadKey, env: &Envelope<'_>, b: Binding<'_>) -> Result<Plaintext, CryptoError> {
+    let dek = unwrap_dek(kek, env)?;
+    open_with(&AeadKey::new(env.data_cipher, &dek)?, env, b)
+}
+
+/// Opens a parsed envelope with its already unwrapped data key.
+pub fn open_with(
+    data_key: &AeadKey,
+    env: &Envelope<'_>,
     b: Binding<'_>,
-) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-    let dek = unwrap_dek(kek, env, b)?;
-    AeadKey::new(env.data_cipher, &dek)?.open(
+) -> Result<Plaintext, CryptoError> {
+    if data_key.cipher() != env.data_cipher {
+        return Err(CryptoError::Authentication);
+    }
+    data_key.open_owned(
         &env.data_nonce,
         &Envelope::data_aad(env.data_cipher, b),
-        &env.ciphertext,
+        env.ciphertext.to_vec(),
     )
 }
 
+impl Envelope<'_> {
+    /// The key header and wrapped DEK (bytes 1..67): identifies the DEK for caching.
+    pub fn key_id(&self) -> [u8; KEY_ID_LEN] {
+        let mut id = [0u8; KEY_ID_LEN];
+        let v = self.kek_version.to_be_bytes();
+        let head = [
+            self.data_cipher.id(),
+            self.wrap_cipher.id(),
+            v[0],
+            v[1],
+            v[2],
+            v[3],
+        ];
+        let (a, rest) = id.split_at_mut(head.len());
+        a.copy_from_slice(&head);
+        let (b, c) = rest.split_at_mut(NONCE_LEN);
+        b.copy_from_slice(&self.wrap_nonce);
+        c.copy_from_slice(&self.wrapped_dek);
+        id
+    }
+}
+
 /// Unwraps the DEK of a parsed envelope.
-pub fn unwrap_dek(kek: &AeadKey, env: &Envelope, b: Binding<'_>) -> Result<Key32, CryptoError> {
+pub fn unwrap_dek(kek: &AeadKey, env: &Envelope<'_>) -> Result<Key32, CryptoError> {
     if kek.cipher() != env.wrap_cipher {
         return Err(CryptoError::Authentication);
     }
-    let aad = Envelope::wrap_aad(env.data_cipher, env.wrap_cipher, env.kek_version, b);
+    let aad = Envelope::wrap_aad(env.data_cipher, env.wrap_cipher, env.kek_version);
     kek.unwrap_key(&env.wrap_nonce, &aad, &env.wrapped_dek)
 }
 
-/// Wraps a DEK under `kek` for the envelope of record `b`.
+/// Wraps a DEK under `kek`, with a fresh nonce.
 pub fn wrap_dek(
     kek: &AeadKey,
     data_cipher: Cipher,
     kek_version: u32,
-    b: Binding<'_>,
     dek: &Key32,
 ) -> Result<([u8; NONCE_LEN], [u8; WRAPPED_DEK_LEN]), CryptoError> {
     let nonce = random_nonce()?;
-    let aad = Envelope::wrap_aad(data_cipher, kek.cipher(), kek_version, b);
-    let wrapped = kek.wrap(&nonce, &aad, dek)?;
-    let wrapped: [u8; WRAPPED_DEK_LEN] = wrapped
-        .try_into()
-        .map_err(|_| CryptoError::Authentication)?;
+    let wrapped = wrap_dek_with(kek, data_cipher, kek_version, dek, &nonce)?;
     Ok((nonce, wrapped))
 }
 
-fn aad(label: &[u8], header: &[u8], b: Binding<'_>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(128);
-    for part in [
-        label,
-        header,
-        b.record_id.as_bytes(),
-        b.user_id.as_bytes(),
-        b.provider.as_bytes(),
-    ] {
+fn wrap_dek_with(
+    kek: &AeadKey,
+    data_cipher: Cipher,
+    kek_version: u32,
+    dek: &Key32,
+    nonce: &[u8],
+) -> Result<[u8; WRAPPED_DEK_LEN], CryptoError> {
+    let aad = Envelope::wrap_aad(data_cipher, kek.cipher(), kek_version);
+    let wrapped = kek.wrap(nonce, &aad, dek)?;
+    wrapped.try_into().map_err(|_| CryptoError::Authentication)
+}
+
+/// Associated data, built on the stack: an allocation per open costs as much as a tenth of
+/// the decryption. Ids longer than the inline buffer fall back to the heap.
+pub struct AadBuf {
+    inline: [u8; AAD_INLINE],
+    len: usize,
+    heap: Vec<u8>,
+}
+
+const AAD_INLINE: usize = 256;
+
+impl AadBuf {
+    fn push(&mut self, bytes: &[u8]) {
+        if self.heap.is_empty() {
+            if let Some(dst) = self.inline.get_mut(self.len..self.len + bytes.len()) {
+                dst.copy_from_slice(bytes);
+                self.len += bytes.len();
+                return;
+            }
+            self.heap
+                .extend_from_slice(self.inline.get(..self.len).unwrap_or_default());
+        }
+        self.heap.extend_from_slice(bytes);
+    }
+}
+
+impl std::ops::Deref for AadBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        if self.heap.is_empty() {
+            self.inline.get(..self.len).unwrap_or_default()
+        } else {
+            &self.heap
+        }
+    }
+}
+
+fn aad(parts: &[&[u8]]) -> AadBuf {
+    let mut out = AadBuf {
+        inline: [0; AAD_INLINE],
+        len: 0,
+        heap: Vec::new(),
+    };
+    for part in parts {
         // Parts are short ids; a length over u32::MAX cannot be built from them.
-        out.extend_from_slice(&u32::try_from(part.len()).unwrap_or(u32::MAX).to_be_bytes());
-        out.extend_from_slice(part);
+        out.push(&u32::try_from(part.len()).unwrap_or(u32::MAX).to_be_bytes());
+        out.push(part);
     }
     out
 }
@@ -252,7 +334,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn sample() -> Envelope {
+    fn sample() -> Envelope<'static> {
         Envelope {
             data_cipher: Cipher::Aes256Gcm,
             wrap_cipher: Cipher::ChaCha20Poly1305,
@@ -260,7 +342,7 @@ mod tests {
             wrap_nonce: [1; NONCE_LEN],
             wrapped_dek: [2; WRAPPED_DEK_LEN],
             data_nonce: [3; NONCE_LEN],
-            ciphertext: vec![4; 40],
+            ciphertext: &[4; 40],
         }
     }
 
@@ -312,9 +394,18 @@ mod tests {
             provider: "p",
         };
         assert_ne!(
-            Envelope::data_aad(Cipher::Aes256Gcm, a),
-            Envelope::data_aad(Cipher::Aes256Gcm, b)
+            *Envelope::data_aad(Cipher::Aes256Gcm, a),
+            *Envelope::data_aad(Cipher::Aes256Gcm, b)
         );
+        let long = "x".repeat(300);
+        let c = Binding {
+            record_id: &long,
+            user_id: "u",
+            provider: "p",
+        };
+        let built = Envelope::data_aad(Cipher::Aes256Gcm, c);
+        assert_eq!(built.len(), 4 * 5 + 17 + 2 + 300 + 1 + 1);
+        assert!(built.ends_with(b"\0\0\0\x01u\0\0\0\x01p"));
     }
 
     proptest! {

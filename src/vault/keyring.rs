@@ -10,10 +10,11 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use crate::crypto::{AeadKey, Cipher, Key32, NONCE_LEN, random_nonce};
+use crate::crypto::{AeadKey, Cipher, CryptoError, Key32, NONCE_LEN, random_nonce};
 use crate::store::kek::{KekRow, KekState};
 
 use super::VaultError;
+use super::envelope::{self, Envelope, KEY_ID_LEN};
 use super::rootkey::RootKey;
 
 const SEALED_KEK_V1: u8 = 1;
@@ -94,6 +95,55 @@ impl KekCache {
     pub fn remove(&self, version: i64) {
         if let Ok(mut m) = self.0.write() {
             m.remove(&version);
+        }
+    }
+}
+
+/// Data keys of recently opened envelopes, ready to use: an open of a warm record skips the
+/// DEK unwrap and the AES key schedule, which together cost more than the decryption.
+///
+/// Keyed by the envelope's whole key header and wrapped DEK, which are unique per write, so
+/// a rewrite or rewrap simply misses. A hit proves nothing about the row: the data AAD still
+/// binds every open to its record, user and provider. Bounded; emptied when full and when a
+/// KEK is retired or the root key rotated.
+#[derive(Debug)]
+pub struct DekCache {
+    map: RwLock<HashMap<[u8; KEY_ID_LEN], Arc<AeadKey>>>,
+    capacity: usize,
+}
+
+impl DekCache {
+    pub fn new(capacity: usize) -> DekCache {
+        DekCache {
+            map: RwLock::new(HashMap::new()),
+            capacity,
+        }
+    }
+
+    /// The cached data key of `env`, if any.
+    pub fn get(&self, env: &Envelope<'_>) -> Option<Arc<AeadKey>> {
+        self.map
+            .read()
+            .ok()
+            .and_then(|m| m.get(&env.key_id()).cloned())
+    }
+
+    /// Unwraps the data key of `env` with `kek`, caches it and returns it.
+    pub fn unwrap(&self, kek: &AeadKey, env: &Envelope<'_>) -> Result<Arc<AeadKey>, CryptoError> {
+        let dek = envelope::unwrap_dek(kek, env)?;
+        let key = Arc::new(AeadKey::new(env.data_cipher, &dek)?);
+        if let Ok(mut m) = self.map.write() {
+            if m.len() >= self.capacity {
+                m.clear();
+            }
+            m.insert(env.key_id(), Arc::clone(&key));
+        }
+        Ok(key)
+    }
+
+    pub fn clear(&self) {
+        if let Ok(mut m) = self.map.write() {
+            m.clear();
         }
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use super::{Envelope, RootKey, Vault, VaultError, auth, binding, envelope, keyring};
+use super::{Envelope, RootKey, Vault, VaultError, auth, envelope, keyring};
 use crate::audit::{self, Actor, Event, Kind};
 use crate::crypto::{AeadKey, Key32};
 use crate::store::connection::{self as conns, Swap};
@@ -208,11 +208,9 @@ impl Vault {
         target_version: u32,
     ) -> Result<Vec<u8>, VaultError> {
         let mut env = Envelope::parse(&row.envelope)?;
-        let b = binding(row);
         let kek = self.kek(i64::from(env.kek_version)).await?;
-        let dek = envelope::unwrap_dek(&kek, &env, b).map_err(auth)?;
-        let (nonce, wrapped) =
-            envelope::wrap_dek(target, env.data_cipher, target_version, b, &dek)?;
+        let dek = envelope::unwrap_dek(&kek, &env).map_err(auth)?;
+        let (nonce, wrapped) = envelope::wrap_dek(target, env.data_cipher, target_version, &dek)?;
         env.kek_version = target_version;
         env.wrap_cipher = target.cipher();
         env.wrap_nonce = nonce;
@@ -240,6 +238,7 @@ impl Vault {
         audit::append(&mut tx, self.clock.unix_ms(), event).await?;
         tx.commit().await?;
         self.keks.remove(version);
+        self.deks.clear();
         Ok(())
     }
 
@@ -259,6 +258,7 @@ impl Vault {
             .detail(json!({ "from": self.root.id(), "to": new_root.id(), "keks": resealed }));
         audit::append(&mut tx, self.clock.unix_ms(), event).await?;
         tx.commit().await?;
+        self.deks.clear();
         Ok(resealed)
     }
 
@@ -308,7 +308,7 @@ impl Vault {
                 break;
             };
             for row in &rows {
-                match self.open_row(row).await {
+                match self.open_row(row, false).await {
                     Ok(_) => report.ok += 1,
                     Err(e) => report.failed.push((row.id.clone(), e.to_string())),
                 }

@@ -23,19 +23,21 @@ use std::sync::Arc;
 
 use crate::audit::{self, Actor, Event, Kind};
 use crate::clock::Clock;
-use crate::crypto::{AeadKey, Cipher, CryptoError};
+use crate::crypto::{AeadKey, Cipher, CryptoError, Plaintext};
 use crate::executor::OpenCapability;
 use crate::store::connection::{self as conns, ConnectionRow, NewEnvelope};
 use crate::store::kek::{self, Reservation};
 use crate::store::{Conn, Db};
-use zeroize::Zeroizing;
 
 pub use envelope::{Binding, Envelope, EnvelopeError};
 pub use lifecycle::{KeyStatus, RewrapReport, VerifyReport, VersionStatus};
 pub use rootkey::{RootKey, RootKeySource};
 pub use tokens::TokenSet;
 
-use keyring::KekCache;
+use keyring::{DekCache, KekCache};
+
+/// Data keys kept ready for warm opens (a few MiB at most).
+const DEK_CACHE_ENTRIES: usize = 4096;
 
 /// The NIST SP 800-38D bound for random 96-bit nonces under one key is 2^32 invocations.
 /// Rotate at half of it by default.
@@ -169,6 +171,7 @@ pub struct Vault {
     settings: VaultSettings,
     clock: Arc<dyn Clock>,
     keks: KekCache,
+    deks: DekCache,
 }
 
 impl std::fmt::Debug for Vault {
@@ -188,6 +191,7 @@ impl Vault {
             settings,
             clock,
             keks: KekCache::default(),
+            deks: DekCache::new(DEK_CACHE_ENTRIES),
         }
     }
 
@@ -372,15 +376,28 @@ impl Vault {
         _cap: &OpenCapability,
         sealed: &SealedCredential,
     ) -> Result<TokenSet, VaultError> {
-        let plaintext = self.open_row(&sealed.row).await?;
+        let plaintext = self.open_row(&sealed.row, true).await?;
         Ok(TokenSet::decode(&plaintext)?)
     }
 
     /// Authenticated decryption of a row's envelope.
-    async fn open_row(&self, row: &ConnectionRow) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+    /// With `warm`, a data key cached by an earlier open is used; otherwise the DEK is
+    /// unwrapped from the KEK every time (whole-vault checks must prove exactly that).
+    async fn open_row(&self, row: &ConnectionRow, warm: bool) -> Result<Plaintext, VaultError> {
         let env = Envelope::parse(&row.envelope)?;
-        let kek = self.kek(i64::from(env.kek_version)).await?;
-        envelope::open(&kek, &env, binding(row)).map_err(auth)
+        let b = binding(row);
+        if !warm {
+            let kek = self.kek(i64::from(env.kek_version)).await?;
+            return envelope::open(&kek, &env, b).map_err(auth);
+        }
+        let data_key = match self.deks.get(&env) {
+            Some(key) => key,
+            None => {
+                let kek = self.kek(i64::from(env.kek_version)).await?;
+                self.deks.unwrap(&kek, &env).map_err(auth)?
+            }
+        };
+        envelope::open_with(&data_key, &env, b).map_err(auth)
     }
 
     /// Seals `plaintext` under a fresh DEK wrapped by `kek`.

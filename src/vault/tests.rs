@@ -126,6 +126,9 @@ both_backends! {
         put(&v, "alice", "google", "alice-token").await;
         let bob_id = put(&v, "bob", "google", "bob-token").await;
         put(&v, "alice", "spotify", "alice-spotify").await;
+        // Warm the data-key cache first: a cached DEK must not let a moved envelope open.
+        assert_eq!(open(&v, "alice", "google").await.unwrap().access, "alice-token");
+        assert_eq!(open(&v, "alice", "spotify").await.unwrap().access, "alice-spotify");
         let alice_google = v.load("alice", "google").await.unwrap().unwrap().row.envelope;
         let alice_spotify = v.load("alice", "spotify").await.unwrap().unwrap().row.envelope;
         // Alice's ciphertext copied into Bob's row, and another provider's into Alice's.
