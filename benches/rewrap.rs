@@ -1,6 +1,6 @@
 //! Rewrap throughput: seeds N records (default 1,000,000; `REWRAP_RECORDS`) under KEK 1,
 //! rotates, and times `keys rewrap` — on SQLite, and on PostgreSQL when `DATABASE_URL`
-//! is set. Target: 1,000,000 records in ≤ 60 s on each. Run: `cargo bench --bench rewrap`.
+//! is set. `REWRAP_BATCH=1000,5000` times one rewrap per batch size (rotating in between). Target: 1,000,000 records in ≤ 60 s on each. Run: `cargo bench --bench rewrap`.
 //!
 //! Seeding writes real envelopes (sealed with the unsealed KEK, bound to their rows) in
 //! multi-row inserts, because storing a million rows one transaction at a time would
@@ -106,7 +106,14 @@ async fn run(label: &str, url: &str, n: usize) {
     seed(url, n).await;
     eprintln!("{label}: seeded {n} records in {:.1?}", t.elapsed());
     vault.rotate(Actor::Cli).await.unwrap();
-    for batch in [1000usize] {
+    let batches: Vec<usize> = std::env::var("REWRAP_BATCH")
+        .ok()
+        .map(|v| v.split(',').filter_map(|b| b.parse().ok()).collect())
+        .unwrap_or_else(|| vec![1000]);
+    for (i, batch) in batches.into_iter().enumerate() {
+        if i > 0 {
+            vault.rotate(Actor::Cli).await.unwrap();
+        }
         let t = Instant::now();
         let report = vault.rewrap(Actor::Cli, batch).await.unwrap();
         let secs = t.elapsed().as_secs_f64();

@@ -199,8 +199,8 @@ where
 }
 
 /// One re-wrapped envelope to swap in, valid only if the row is unchanged since it was read.
-pub struct Swap<'a> {
-    pub id: &'a str,
+pub struct Swap {
+    pub id: String,
     pub generation: i64,
     pub old_version: i64,
     pub envelope: Vec<u8>,
@@ -211,7 +211,7 @@ pub struct Swap<'a> {
 pub async fn swap_envelopes(
     conn: &mut Conn,
     new_version: i64,
-    swaps: &[Swap<'_>],
+    swaps: &[Swap],
 ) -> Result<u64, sqlx::Error> {
     if swaps.is_empty() {
         return Ok(0);
@@ -233,7 +233,7 @@ pub async fn swap_envelopes(
     let mut q = sqlx::query(&sql).bind(new_version);
     for s in swaps {
         q = q
-            .bind(s.id)
+            .bind(s.id.as_str())
             .bind(s.generation)
             .bind(s.old_version)
             .bind(s.envelope.as_slice());

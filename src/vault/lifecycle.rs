@@ -48,6 +48,13 @@ pub struct RewrapReport {
     pub failed: Vec<(String, String)>,
 }
 
+/// One batch read and re-wrapped, ready to swap in.
+struct Prepared {
+    swaps: Vec<Swap>,
+    failed: Vec<(String, String)>,
+    last: String,
+}
+
 /// What a whole-vault check found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VerifyReport {
@@ -129,75 +136,104 @@ impl Vault {
     }
 
     /// Re-wraps every record under an older KEK with the primary, `batch` rows per
-    /// committed transaction.
+    /// committed transaction. While one batch is written, the next is read and re-wrapped.
     pub async fn rewrap(&self, actor: Actor, batch: usize) -> Result<RewrapReport, VaultError> {
         let limit = i64::try_from(batch.max(1)).unwrap_or(1000);
         let mut report = RewrapReport::default();
-        let mut after = String::new();
-        let mut primary = kek::primary(self.db.pool())
-            .await?
-            .ok_or(VaultError::NoPrimary)?
-            .version;
-        loop {
-            let rows = conns::stale_batch(self.db.pool(), primary, &after, limit).await?;
-            let Some(last) = rows.last().map(|r| r.id.clone()) else {
-                break;
-            };
+        'scan: loop {
+            let primary = kek::primary(self.db.pool())
+                .await?
+                .ok_or(VaultError::NoPrimary)?
+                .version;
             let target = self.kek(primary).await?;
-            let target_version =
-                u32::try_from(primary).map_err(|_| VaultError::UnknownKek(primary))?;
-            let mut swaps = Vec::with_capacity(rows.len());
-            for row in &rows {
-                match self.rewrapped(row, &target, target_version).await {
-                    Ok(envelope) => swaps.push(Swap {
-                        id: &row.id,
-                        generation: row.generation,
-                        old_version: row.kek_version,
-                        envelope,
-                    }),
-                    Err(e) => report.failed.push((row.id.clone(), e.to_string())),
-                }
+            report.failed.clear();
+            let mut next = self.prepare(primary, &target, "", limit).await?;
+            while let Some(current) = next.take() {
+                let (written, prepared) = tokio::join!(
+                    self.write_batch(&actor, primary, &current.swaps),
+                    self.prepare(primary, &target, &current.last, limit),
+                );
+                let Some((changed, skipped)) = written? else {
+                    // The primary moved (or filled up and was rotated): scan again.
+                    continue 'scan;
+                };
+                report.rewrapped += changed;
+                report.skipped += skipped;
+                report.failed.extend(current.failed);
+                tracing::info!(
+                    rewrapped = report.rewrapped,
+                    to = primary,
+                    "rewrap progress"
+                );
+                next = prepared?;
             }
-            let n = i64::try_from(swaps.len()).unwrap_or(i64::MAX);
-            let mut tx = self.db.begin().await?;
-            match kek::reserve_wraps(&mut tx, n, self.settings.max_wraps).await? {
-                kek::Reservation::Reserved { version, .. } if version == primary => {}
-                kek::Reservation::NoPrimary => return Err(VaultError::NoPrimary),
-                other => {
-                    // The primary moved, or is full: start over against the new one.
-                    if let kek::Reservation::Full { version } = other {
-                        let reason = json!({ "reason": "wrap_limit", "full": version });
-                        let (v, key) = self
-                            .rotate_in(&mut tx, Actor::System, Kind::KeyRotated, reason)
-                            .await?;
-                        tx.commit().await?;
-                        self.keks.insert(v, key);
-                    }
-                    primary = kek::primary(self.db.pool())
-                        .await?
-                        .ok_or(VaultError::NoPrimary)?
-                        .version;
-                    after.clear();
-                    report.failed.clear();
-                    continue;
-                }
-            }
-            let changed = conns::swap_envelopes(&mut tx, primary, &swaps).await?;
-            let skipped = u64::try_from(n).unwrap_or(0).saturating_sub(changed);
-            let event = Event::new(Kind::KeyRewrapped, actor.clone(), format!("kek:{primary}"))
-                .detail(json!({ "to": primary, "rewrapped": changed, "skipped": skipped }));
-            audit::append(&mut tx, self.clock.unix_ms(), event).await?;
-            tx.commit().await?;
-            report.rewrapped += changed;
-            report.skipped += skipped;
-            tracing::info!(
-                rewrapped = report.rewrapped,
-                to = primary,
-                "rewrap progress"
-            );
-            after = last;
+            return Ok(report);
         }
-        Ok(report)
+    }
+
+    /// Reads the next stale rows after `after` and re-wraps them in memory.
+    async fn prepare(
+        &self,
+        primary: i64,
+        target: &AeadKey,
+        after: &str,
+        limit: i64,
+    ) -> Result<Option<Prepared>, VaultError> {
+        let rows = conns::stale_batch(self.db.pool(), primary, after, limit).await?;
+        let Some(last) = rows.last().map(|r| r.id.clone()) else {
+            return Ok(None);
+        };
+        let target_version = u32::try_from(primary).map_err(|_| VaultError::UnknownKek(primary))?;
+        let mut prepared = Prepared {
+            swaps: Vec::with_capacity(rows.len()),
+            failed: Vec::new(),
+            last,
+        };
+        for row in rows {
+            match self.rewrapped(&row, target, target_version).await {
+                Ok(envelope) => prepared.swaps.push(Swap {
+                    id: row.id,
+                    generation: row.generation,
+                    old_version: row.kek_version,
+                    envelope,
+                }),
+                Err(e) => prepared.failed.push((row.id, e.to_string())),
+            }
+        }
+        Ok(Some(prepared))
+    }
+
+    /// Swaps one batch in with its audit event. `None` when the primary is no longer
+    /// `primary` (rotating first if it reached its wrap limit).
+    async fn write_batch(
+        &self,
+        actor: &Actor,
+        primary: i64,
+        swaps: &[Swap],
+    ) -> Result<Option<(u64, u64)>, VaultError> {
+        let n = i64::try_from(swaps.len()).unwrap_or(i64::MAX);
+        let mut tx = self.db.begin().await?;
+        match kek::reserve_wraps(&mut tx, n, self.settings.max_wraps).await? {
+            kek::Reservation::Reserved { version, .. } if version == primary => {}
+            kek::Reservation::NoPrimary => return Err(VaultError::NoPrimary),
+            kek::Reservation::Reserved { .. } => return Ok(None),
+            kek::Reservation::Full { version } => {
+                let reason = json!({ "reason": "wrap_limit", "full": version });
+                let (v, key) = self
+                    .rotate_in(&mut tx, Actor::System, Kind::KeyRotated, reason)
+                    .await?;
+                tx.commit().await?;
+                self.keks.insert(v, key);
+                return Ok(None);
+            }
+        }
+        let changed = conns::swap_envelopes(&mut tx, primary, swaps).await?;
+        let skipped = u64::try_from(n).unwrap_or(0).saturating_sub(changed);
+        let event = Event::new(Kind::KeyRewrapped, actor.clone(), format!("kek:{primary}"))
+            .detail(json!({ "to": primary, "rewrapped": changed, "skipped": skipped }));
+        audit::append(&mut tx, self.clock.unix_ms(), event).await?;
+        tx.commit().await?;
+        Ok(Some((changed, skipped)))
     }
 
     /// A row's envelope with its DEK re-wrapped under `target`; the payload is untouched.
