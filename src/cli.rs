@@ -40,6 +40,9 @@ pub enum Command {
     /// Inspect the audit trail.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// The provider catalogue.
+    #[command(subcommand)]
+    Providers(ProvidersCommand),
     /// Validate configuration and keys; non-zero exit with a clear message.
     Check,
 }
@@ -70,6 +73,12 @@ pub enum KeysCommand {
     },
     /// Open every record to prove it is readable (run before `retire`).
     Verify,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProvidersCommand {
+    /// The provider catalogue and which providers are configured.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -140,6 +149,7 @@ pub async fn run(cli: Cli, config: Config) -> CliResult {
                 v.events, v.head
             ))
         }
+        Command::Providers(ProvidersCommand::List) => providers_list(&config),
         Command::Check => check(&config).await,
     }
 }
@@ -295,7 +305,28 @@ async fn rotate_root(config: &Config, vault: &Vault, new_key_file: Option<PathBu
     ))
 }
 
+fn providers_list(config: &Config) -> CliResult {
+    let providers = crate::providers::resolve(config)?;
+    say(format_args!(
+        "{:<12}  {:<6}  {:<9}  {:<10}  {:<5}  DEFAULT SCOPES",
+        "NAME", "KIND", "SOURCE", "CONFIGURED", "LOGIN"
+    ))?;
+    for p in providers.values() {
+        say(format_args!(
+            "{:<12}  {:<6}  {:<9}  {:<10}  {:<5}  {}",
+            p.name,
+            p.kind.as_str(),
+            if p.builtin { "catalogue" } else { "config" },
+            if p.configured { "yes" } else { "no" },
+            if p.login { "yes" } else { "no" },
+            p.scopes.join(&p.scope_separator)
+        ))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn check(config: &Config) -> CliResult {
+    crate::providers::resolve(config)?;
     for (name, p) in &config.providers {
         p.client_secret(name)?;
     }

@@ -88,7 +88,16 @@ both_backends! {
             assert_ne!(after.row.envelope.get(7..67), before.row.envelope.get(7..67));
             assert_eq!(open(&v, &uid, "spotify").await.unwrap().access, "at-2");
             assert_eq!(Envelope::parse(&after.row.envelope).unwrap().data_cipher, cipher);
+            // Delete erases the row and audits it; a second delete finds nothing.
+            let mut tx = v.db().begin().await.unwrap();
+            assert!(v.delete(&mut tx, &Actor::User(uid.clone()), &id).await.unwrap());
+            assert!(!v.delete(&mut tx, &Actor::User(uid.clone()), &id).await.unwrap());
+            tx.commit().await.unwrap();
+            assert!(v.load(&uid, "spotify").await.unwrap().is_none());
         }
+        let deleted: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_event WHERE kind = 'credential.deleted'")
+            .fetch_one(t.db.pool()).await.unwrap();
+        assert_eq!(deleted, 2);
         audit::verify(&t.db).await.unwrap();
     }
 

@@ -250,7 +250,8 @@ async fn production_guards() {
     // An inline client secret.
     std::fs::write(
         site.path().join("strongbox.toml"),
-        "[providers.acme]\nkind = \"oauth2\"\nclient_id = \"x\"\nclient_secret = \"hunter2\"\n",
+        "[providers.acme]\nkind = \"oauth2\"\nclient_id = \"x\"\nclient_secret = \"hunter2\"\n\
+         authorize_url = \"https://acme.example/auth\"\ntoken_url = \"https://acme.example/token\"\n",
     )
     .unwrap();
     let out = site.cmd(&["serve"]).envs(https).output().unwrap();
@@ -280,4 +281,50 @@ async fn a_lost_root_key_is_not_silently_replaced() {
             "{args:?} generated a key"
         );
     }
+}
+
+#[tokio::test]
+async fn providers_list_shows_catalogue_and_configuration() {
+    let site = Site::new(Engine::Sqlite).await.unwrap();
+    std::fs::write(
+        site.path().join("strongbox.toml"),
+        "[providers.google]\nclient_id = \"gid\"\nclient_secret_env = \"GOOGLE_SECRET_FOR_TEST\"\nlogin = true\n\
+         [providers.acme]\nkind = \"oidc\"\nissuer = \"https://login.acme.example\"\nclient_id = \"a\"\n",
+    )
+    .unwrap();
+    let out = site.ok(&["providers", "list"]);
+    let line = |name: &str| {
+        out.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} missing: {out}"))
+            .to_owned()
+    };
+    for name in [
+        "google",
+        "microsoft",
+        "discord",
+        "spotify",
+        "github",
+        "slack",
+        "acme",
+    ] {
+        line(name);
+    }
+    assert!(
+        line("google").contains("catalogue")
+            && line("google").contains(" yes ")
+            && line("google").contains("openid email profile")
+    );
+    assert!(line("spotify").contains(" no "));
+    assert!(line("acme").contains("config"));
+    // `check` needs the secret from the environment it names.
+    let out = site.run(&["check"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("GOOGLE_SECRET_FOR_TEST is not set"));
+    let out = site
+        .cmd(&["check"])
+        .env("GOOGLE_SECRET_FOR_TEST", "s3cret")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("s3cret"));
 }
