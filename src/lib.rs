@@ -29,6 +29,7 @@ pub mod executor;
 pub mod http;
 pub mod providers;
 pub mod secret;
+pub mod sessions;
 pub mod store;
 pub mod vault;
 

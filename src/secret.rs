@@ -55,6 +55,10 @@ secret_string!(
     /// An OAuth client secret from configuration.
     ClientSecret
 );
+secret_string!(
+    /// The secret in a browser's session cookie. Only its SHA-256 digest is stored.
+    SessionToken
+);
 
 #[cfg(test)]
 mod tests {

@@ -11,6 +11,7 @@
 pub mod audit;
 pub mod connection;
 pub mod kek;
+pub mod sessions;
 pub mod users;
 
 use std::path::Path;

@@ -1,0 +1,28 @@
+-- Sign-in identities and server-side browser sessions.
+
+-- A user's identity at a provider, found by (provider, subject). email_verified is 0/1.
+CREATE TABLE identity (
+    provider        TEXT NOT NULL,
+    subject         TEXT NOT NULL,
+    user_id         TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    email           TEXT,
+    email_verified  BIGINT NOT NULL DEFAULT 0,
+    name            TEXT,
+    created_at      BIGINT NOT NULL,
+    last_login_at   BIGINT NOT NULL,
+    PRIMARY KEY (provider, subject)
+);
+CREATE INDEX identity_user ON identity (user_id);
+
+-- A browser session. Only a SHA-256 digest of the cookie's secret is stored, so a
+-- database reader cannot ride a session. handle is the opaque id shown to the user.
+-- user_id is NULL until sign-in. expires_at is the absolute timeout.
+CREATE TABLE session (
+    token_hash    BLOB PRIMARY KEY,
+    handle        TEXT NOT NULL UNIQUE,
+    user_id       TEXT REFERENCES users (id) ON DELETE CASCADE,
+    created_at    BIGINT NOT NULL,
+    last_seen_at  BIGINT NOT NULL,
+    expires_at    BIGINT NOT NULL
+);
+CREATE INDEX session_user ON session (user_id);
