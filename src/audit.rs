@@ -68,6 +68,10 @@ pub enum Kind {
     RootKeyRotated,
     CredentialStored,
     CredentialDeleted,
+    SignIn,
+    Connect,
+    SignOut,
+    SessionsRevoked,
 }
 
 impl Kind {
@@ -80,6 +84,10 @@ impl Kind {
             Kind::RootKeyRotated => "key.root_rotated",
             Kind::CredentialStored => "credential.stored",
             Kind::CredentialDeleted => "credential.deleted",
+            Kind::SignIn => "sign_in",
+            Kind::Connect => "connect",
+            Kind::SignOut => "sign_out",
+            Kind::SessionsRevoked => "sessions.revoked",
         }
     }
 }

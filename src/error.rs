@@ -10,6 +10,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::oauth::OAuthError;
 use crate::vault::VaultError;
 
 /// Errors an HTTP handler can return.
@@ -23,6 +24,14 @@ pub enum Error {
     NotReady(String),
     #[error("not found")]
     NotFound,
+    #[error("sign in first")]
+    Unauthorized,
+    #[error("this request needs a same-origin Origin and the CSRF token")]
+    Csrf,
+    #[error(transparent)]
+    OAuth(#[from] OAuthError),
+    #[error(transparent)]
+    Session(#[from] crate::sessions::SessionError),
 }
 
 /// An RFC 9457 problem document.
@@ -40,10 +49,46 @@ impl Error {
     /// Status, stable code and title. Exhaustive on purpose: a new variant must be mapped.
     fn classify(&self) -> (StatusCode, &'static str, &'static str) {
         match self {
-            Error::Vault(_) | Error::Database(_) => (
+            Error::Vault(_)
+            | Error::Database(_)
+            | Error::Session(_)
+            | Error::OAuth(
+                OAuthError::Database(_) | OAuthError::Vault(_) | OAuthError::Session(_),
+            ) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
                 "Internal error",
+            ),
+            Error::OAuth(OAuthError::UnknownProvider) => (
+                StatusCode::NOT_FOUND,
+                "unknown_provider",
+                "Unknown provider",
+            ),
+            Error::OAuth(OAuthError::InvalidState) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_state",
+                "Invalid sign-in request",
+            ),
+            Error::OAuth(OAuthError::ProviderError(_)) => (
+                StatusCode::BAD_REQUEST,
+                "provider_error",
+                "The provider refused",
+            ),
+            Error::OAuth(OAuthError::TokenEndpoint(_)) => (
+                StatusCode::BAD_GATEWAY,
+                "provider_error",
+                "The provider failed",
+            ),
+            Error::OAuth(OAuthError::AlreadyLinked) => (
+                StatusCode::CONFLICT,
+                "already_linked",
+                "Account already linked",
+            ),
+            Error::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "Sign in first"),
+            Error::Csrf => (
+                StatusCode::FORBIDDEN,
+                "csrf_failed",
+                "Cross-site request refused",
             ),
             Error::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready", "Not ready"),
             Error::NotFound => (StatusCode::NOT_FOUND, "not_found", "Not found"),
@@ -52,7 +97,7 @@ impl Error {
 
     pub fn problem(&self) -> Problem {
         let (status, code, title) = self.classify();
-        let detail = if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
+        let detail = if status == StatusCode::INTERNAL_SERVER_ERROR {
             "the request failed; the cause is in the server log".to_owned()
         } else {
             self.to_string()

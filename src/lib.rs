@@ -27,6 +27,7 @@ pub mod crypto;
 pub mod error;
 pub mod executor;
 pub mod http;
+pub mod oauth;
 pub mod providers;
 pub mod secret;
 pub mod sessions;

@@ -151,6 +151,11 @@ impl Sessions {
         rows::delete_by_token(self.db.pool(), &digest(token)).await
     }
 
+    /// Ends the session behind a cookie inside the caller's transaction.
+    pub async fn end_in(&self, conn: &mut Conn, token: &SessionToken) -> Result<bool, sqlx::Error> {
+        rows::delete_by_token(conn, &digest(token)).await
+    }
+
     /// Ends every session of a user ("sign out everywhere"); returns how many.
     pub async fn end_all(&self, conn: &mut Conn, user_id: &str) -> Result<u64, sqlx::Error> {
         rows::delete_for_user(conn, user_id).await

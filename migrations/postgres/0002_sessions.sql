@@ -26,3 +26,17 @@ CREATE TABLE session (
     expires_at    BIGINT NOT NULL
 );
 CREATE INDEX session_user ON session (user_id);
+
+-- An authorization request in flight: one-time, bound to the browser session that started
+-- it, expiring after ten minutes. Only digests of the state and session are stored; the
+-- PKCE verifier and nonce are derived from the state with a key held outside the database.
+CREATE TABLE oauth_flow (
+    state_hash    BYTEA PRIMARY KEY,
+    session_hash  BYTEA NOT NULL,
+    provider      TEXT NOT NULL,
+    purpose       TEXT NOT NULL CHECK (purpose IN ('login', 'connect')),
+    user_id       TEXT REFERENCES users (id) ON DELETE CASCADE,
+    scopes        TEXT NOT NULL,
+    return_to     TEXT NOT NULL,
+    expires_at    BIGINT NOT NULL
+);

@@ -1,5 +1,6 @@
 //! The HTTP surface: router, shared state and response-wide layers.
 
+pub mod browser;
 mod ops;
 pub mod serve;
 
@@ -9,10 +10,12 @@ use axum::Router;
 use axum::http::{HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::get;
+use axum::routing::{get, post};
 
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::oauth::OAuth;
+use crate::sessions::Sessions;
 use crate::store::Db;
 use crate::vault::Vault;
 
@@ -22,7 +25,53 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub db: Db,
     pub vault: Arc<Vault>,
+    pub sessions: Arc<Sessions>,
+    pub oauth: Arc<OAuth>,
     pub clock: Arc<dyn Clock>,
+}
+
+impl AppState {
+    /// Wires the services for `config` around an open database and vault. Client secrets
+    /// of configured providers are resolved here, so a missing one fails at start.
+    pub fn build(
+        config: Config,
+        db: Db,
+        vault: Arc<Vault>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<AppState, crate::config::ConfigError> {
+        let providers = crate::providers::resolve(&config)?;
+        let mut secrets = std::collections::BTreeMap::new();
+        for (name, p) in &config.providers {
+            if let Some(secret) = p.client_secret(name)? {
+                secrets.insert(name.clone(), secret);
+            }
+        }
+        let timeouts = crate::sessions::Timeouts {
+            idle: config.session_idle_timeout,
+            absolute: config.session_absolute_timeout,
+        };
+        let sessions = Arc::new(Sessions::new(db.clone(), Arc::clone(&clock), timeouts));
+        let oauth = OAuth::new(
+            db.clone(),
+            Arc::clone(&vault),
+            Arc::clone(&sessions),
+            &providers,
+            secrets,
+            &config.public_url,
+            Arc::clone(&clock),
+        )
+        .map_err(|e| {
+            crate::config::ConfigError::Parse(format!("cannot build the HTTP client: {e}"))
+        })?;
+        Ok(AppState {
+            config: Arc::new(config),
+            db,
+            vault,
+            sessions,
+            oauth: Arc::new(oauth),
+            clock,
+        })
+    }
 }
 
 /// The whole router.
@@ -31,6 +80,15 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .route("/login/{provider}", get(browser::login))
+        .route("/connect/{provider}", get(browser::connect))
+        .route("/oauth/callback/{provider}", get(browser::callback))
+        .route("/logout", post(browser::logout))
+        .route("/api/me", get(browser::me))
+        .route(
+            "/api/sessions",
+            get(browser::sessions).delete(browser::end_all_sessions),
+        )
         .layer(middleware::from_fn(security_headers))
         .with_state(state)
 }

@@ -30,12 +30,7 @@ pub async fn run(config: Config) -> Result<ExitCode, CliError> {
         .map_err(|e| CliError(format!("cannot listen on {}: {e}", config.listen)))?;
     let addr = listener.local_addr()?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let state = AppState {
-        config: Arc::new(config),
-        db: db.clone(),
-        vault: Arc::new(vault),
-        clock,
-    };
+    let state = AppState::build(config, db.clone(), Arc::new(vault), clock)?;
     tracing::info!(%addr, backend = db.backend().name(), primary_kek = primary, "strongbox listening");
     axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown_signal())

@@ -10,6 +10,7 @@
 
 pub mod audit;
 pub mod connection;
+pub mod identities;
 pub mod kek;
 pub mod sessions;
 pub mod users;

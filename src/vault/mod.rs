@@ -203,6 +203,14 @@ impl Vault {
         self.root.id()
     }
 
+    /// A 32-byte secret for `label`, derived from the root key (HMAC-SHA-256), shared by
+    /// every instance without being stored anywhere.
+    pub(crate) fn derive_secret(&self, label: &str) -> zeroize::Zeroizing<[u8; 32]> {
+        let mut msg = b"strongbox derive v1 ".to_vec();
+        msg.extend_from_slice(label.as_bytes());
+        zeroize::Zeroizing::new(crate::crypto::hmac_sha256(self.root.key().reveal(), &msg))
+    }
+
     /// The unsealed KEK of `version`, from cache or from the database.
     async fn kek(&self, version: i64) -> Result<Arc<AeadKey>, VaultError> {
         self.kek_via(None, version).await

@@ -11,5 +11,6 @@
 mod cli;
 mod kat;
 mod leak;
+mod oauth;
 mod serve;
 mod support;

@@ -110,12 +110,13 @@ async fn readyz_fails_with_the_wrong_root_key() {
     let db = site.db().await;
     let vault =
         strongbox::vault::Vault::new(db.clone(), fixed_root(3), Default::default(), clock.clone());
-    let state = strongbox::AppState {
-        config: std::sync::Arc::new(strongbox::config::Config::from_toml("").unwrap()),
+    let state = strongbox::AppState::build(
+        strongbox::config::Config::from_toml("").unwrap(),
         db,
-        vault: std::sync::Arc::new(vault),
+        std::sync::Arc::new(vault),
         clock,
-    };
+    )
+    .unwrap();
     let resp = strongbox::app(state)
         .oneshot(Request::get("/readyz").body(Body::empty()).unwrap())
         .await

@@ -1,0 +1,314 @@
+//! Browser routes (SPEC §5, §6): sign-in, connect, the OAuth callback, logout, and the
+//! JSON the account page needs. The session lives in one cookie: `__Host-strongbox`
+//! (Secure) over https, `strongbox` on plain-http development. State-changing requests
+//! need a same-origin `Origin` (or `Sec-Fetch-Site: same-origin`) and the CSRF token.
+
+use axum::Json;
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::AppState;
+use crate::audit::{self, Actor, Event, Kind};
+use crate::error::Error;
+use crate::oauth::{Callback, Purpose};
+use crate::secret::SessionToken;
+use crate::sessions::{Session, Sessions};
+use crate::store::identities;
+
+/// The session cookie's name for this deployment.
+pub fn cookie_name(https: bool) -> &'static str {
+    if https {
+        "__Host-strongbox"
+    } else {
+        "strongbox"
+    }
+}
+
+fn set_cookie(https: bool, token: &SessionToken) -> HeaderValue {
+    let secure = if https { "; Secure" } else { "" };
+    let value = format!(
+        "{}={}; Path=/; HttpOnly; SameSite=Lax{secure}",
+        cookie_name(https),
+        token.reveal()
+    );
+    HeaderValue::from_str(&value).unwrap_or(HeaderValue::from_static(""))
+}
+
+fn clear_cookie(https: bool) -> HeaderValue {
+    let secure = if https { "; Secure" } else { "" };
+    let value = format!(
+        "{}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0{secure}",
+        cookie_name(https)
+    );
+    HeaderValue::from_str(&value).unwrap_or(HeaderValue::from_static(""))
+}
+
+/// The session cookie's secret, if the request carries one.
+fn cookie_token(headers: &HeaderMap, https: bool) -> Option<SessionToken> {
+    let name = cookie_name(https);
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| SessionToken::new(v.to_owned()))
+}
+
+/// The browser's session, if it has a live one.
+pub struct BrowserSession {
+    pub token: SessionToken,
+    pub session: Session,
+}
+
+impl FromRequestParts<AppState> for Option<BrowserSession> {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, Error> {
+        let Some(token) = cookie_token(&parts.headers, app.config.https) else {
+            return Ok(None);
+        };
+        Ok(app
+            .sessions
+            .resume(&token)
+            .await?
+            .map(|session| BrowserSession { token, session }))
+    }
+}
+
+/// A signed-in user's session.
+pub struct SignedIn {
+    pub token: SessionToken,
+    pub user_id: String,
+}
+
+impl FromRequestParts<AppState> for SignedIn {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, Error> {
+        let s = <Option<BrowserSession>>::from_request_parts(parts, app).await?;
+        match s {
+            Some(BrowserSession {
+                token,
+                session:
+                    Session {
+                        user_id: Some(user_id),
+                        ..
+                    },
+            }) => Ok(SignedIn { token, user_id }),
+            _ => Err(Error::Unauthorized),
+        }
+    }
+}
+
+/// Refuses a state-changing request that is not same-origin or lacks the CSRF token.
+fn require_csrf(
+    app: &AppState,
+    headers: &HeaderMap,
+    token: &SessionToken,
+    form_token: Option<&str>,
+) -> Result<(), Error> {
+    let origin_ok = match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        Some(origin) => origin == app.config.public_url,
+        None => headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) == Some("same-origin"),
+    };
+    let presented = headers
+        .get("x-csrf-token")
+        .and_then(|v| v.to_str().ok())
+        .or(form_token)
+        .unwrap_or_default();
+    if origin_ok && Sessions::csrf_ok(token, presented) {
+        Ok(())
+    } else {
+        Err(Error::Csrf)
+    }
+}
+
+fn redirect(to: &str) -> Response {
+    let mut resp = StatusCode::SEE_OTHER.into_response();
+    if let Ok(v) = HeaderValue::from_str(to) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LoginQuery {
+    return_to: Option<String>,
+}
+
+/// `GET /login/{provider}` — start sign-in.
+pub async fn login(
+    State(app): State<AppState>,
+    current: Option<BrowserSession>,
+    Path(provider): Path<String>,
+    Query(q): Query<LoginQuery>,
+) -> Result<Response, Error> {
+    let (token, fresh) = match current {
+        Some(s) => (s.token, false),
+        None => {
+            let mut tx = app.db.begin().await?;
+            let (token, _) = app.sessions.start(&mut tx, None).await?;
+            tx.commit().await?;
+            (token, true)
+        }
+    };
+    let url = app
+        .oauth
+        .start(
+            &token,
+            &provider,
+            Purpose::Login,
+            &[],
+            q.return_to.as_deref(),
+        )
+        .await?;
+    let mut resp = redirect(&url);
+    if fresh {
+        resp.headers_mut()
+            .insert(header::SET_COOKIE, set_cookie(app.config.https, &token));
+    }
+    Ok(resp)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ConnectQuery {
+    scopes: Option<String>,
+    return_to: Option<String>,
+}
+
+/// `GET /connect/{provider}?scopes=a,b` — link a provider account with those scopes.
+pub async fn connect(
+    State(app): State<AppState>,
+    me: SignedIn,
+    Path(provider): Path<String>,
+    Query(q): Query<ConnectQuery>,
+) -> Result<Response, Error> {
+    let scopes: Vec<String> = q
+        .scopes
+        .as_deref()
+        .unwrap_or_default()
+        .split([',', ' '])
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let purpose = Purpose::Connect {
+        user_id: me.user_id,
+    };
+    let url = app
+        .oauth
+        .start(
+            &me.token,
+            &provider,
+            purpose,
+            &scopes,
+            q.return_to.as_deref(),
+        )
+        .await?;
+    Ok(redirect(&url))
+}
+
+/// `GET /oauth/callback/{provider}` — the one redirect URI registered at every provider.
+pub async fn callback(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(provider): Path<String>,
+    Query(cb): Query<Callback>,
+) -> Result<Response, Error> {
+    let token = cookie_token(&headers, app.config.https);
+    let done = app.oauth.finish(token.as_ref(), &provider, cb).await?;
+    let mut resp = redirect(&done.return_to);
+    if let Some((token, _)) = done.session {
+        resp.headers_mut()
+            .insert(header::SET_COOKIE, set_cookie(app.config.https, &token));
+    }
+    Ok(resp)
+}
+
+#[derive(Debug, Deserialize, Default)]
+pub struct CsrfForm {
+    csrf_token: Option<String>,
+}
+
+/// `POST /logout` — end this session.
+pub async fn logout(
+    State(app): State<AppState>,
+    me: SignedIn,
+    headers: HeaderMap,
+    form: Result<axum::extract::Form<CsrfForm>, axum::extract::rejection::FormRejection>,
+) -> Result<Response, Error> {
+    let form_token = form.as_ref().ok().and_then(|f| f.csrf_token.as_deref());
+    require_csrf(&app, &headers, &me.token, form_token)?;
+    let mut tx = app.db.begin().await?;
+    app.sessions.end_in(&mut tx, &me.token).await?;
+    audit::append(
+        &mut tx,
+        app.clock.unix_ms(),
+        Event::new(
+            Kind::SignOut,
+            Actor::User(me.user_id.clone()),
+            format!("user:{}", me.user_id),
+        ),
+    )
+    .await?;
+    tx.commit().await?;
+    let mut resp = redirect("/");
+    resp.headers_mut()
+        .insert(header::SET_COOKIE, clear_cookie(app.config.https));
+    Ok(resp)
+}
+
+/// `GET /api/me` — the signed-in user, identities and CSRF token.
+pub async fn me(State(app): State<AppState>, me: SignedIn) -> Result<Json<Value>, Error> {
+    let ids = identities::for_user(app.db.pool(), &me.user_id).await?;
+    let identities: Vec<Value> = ids
+        .into_iter()
+        .map(|(provider, subject, email, name)| json!({ "provider": provider, "subject": subject, "email": email, "name": name }))
+        .collect();
+    Ok(Json(json!({
+        "user": { "id": me.user_id },
+        "identities": identities,
+        "csrf_token": Sessions::csrf_token(&me.token),
+    })))
+}
+
+/// `GET /api/sessions` — the user's own sessions.
+pub async fn sessions(State(app): State<AppState>, me: SignedIn) -> Result<Json<Value>, Error> {
+    let list = app.sessions.list(&me.user_id, &me.token).await?;
+    let sessions: Vec<Value> = list
+        .into_iter()
+        .map(|s| json!({
+            "id": s.handle, "current": s.current,
+            "created_at": crate::clock::rfc3339(s.created_at), "last_seen_at": crate::clock::rfc3339(s.last_seen_at),
+        }))
+        .collect();
+    Ok(Json(json!({ "sessions": sessions })))
+}
+
+/// `DELETE /api/sessions` — sign out everywhere.
+pub async fn end_all_sessions(
+    State(app): State<AppState>,
+    me: SignedIn,
+    headers: HeaderMap,
+) -> Result<Response, Error> {
+    require_csrf(&app, &headers, &me.token, None)?;
+    let mut tx = app.db.begin().await?;
+    let ended = app.sessions.end_all(&mut tx, &me.user_id).await?;
+    let event = Event::new(
+        Kind::SessionsRevoked,
+        Actor::User(me.user_id.clone()),
+        format!("user:{}", me.user_id),
+    )
+    .detail(json!({ "sessions": ended }));
+    audit::append(&mut tx, app.clock.unix_ms(), event).await?;
+    tx.commit().await?;
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    resp.headers_mut()
+        .insert(header::SET_COOKIE, clear_cookie(app.config.https));
+    Ok(resp)
+}

@@ -1,0 +1,591 @@
+//! Sign-in and account connection: the OAuth 2.0 authorization-code flow with PKCE (S256).
+//! No axum types here; `http::browser` calls [`OAuth::start`] and [`OAuth::finish`].
+//!
+//! A flow is a one-time `state` bound to the browser session that started it and expiring
+//! after ten minutes. The database keeps only digests of the state and the session; the
+//! PKCE verifier and the OIDC nonce are derived from the state with a key derived from the
+//! root key, so they are never stored. Every token from a callback goes straight into the
+//! vault, in the same transaction as the identity, the new session and the audit event.
+//! Users are identified by (provider, subject); a second provider with the same email is
+//! linked only by a signed-in user connecting it, never merged silently.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::{Value, json};
+use zeroize::Zeroizing;
+
+use crate::audit::{self, Actor, Event, Kind as AuditKind};
+use crate::clock::Clock;
+use crate::crypto::{fill_random, hmac_sha256, sha256};
+use crate::providers::{ClientAuth, Provider};
+use crate::secret::{AccessToken, ClientSecret, IdToken, RefreshToken, SessionToken};
+use crate::sessions::{Session, Sessions};
+use crate::store::identities::{self, FlowRow, IdentityRow};
+use crate::store::{Db, users};
+use crate::vault::{TokenSet, Vault};
+
+/// How long a started flow may take.
+pub const FLOW_TTL: i64 = 600;
+/// Largest provider response read.
+const MAX_RESPONSE: usize = 1 << 20;
+
+/// What went wrong in a flow. Messages never carry a code, a token or a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum OAuthError {
+    #[error("no such provider is configured for this")]
+    UnknownProvider,
+    #[error(
+        "the sign-in request is unknown, was already used, expired, or belongs to another browser"
+    )]
+    InvalidState,
+    #[error("the provider refused: {0}")]
+    ProviderError(String),
+    #[error("the provider's token endpoint failed: {0}")]
+    TokenEndpoint(String),
+    #[error("that account is already linked to another user")]
+    AlreadyLinked,
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Vault(#[from] crate::vault::VaultError),
+    #[error(transparent)]
+    Session(#[from] crate::sessions::SessionError),
+}
+
+/// Why a flow is started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Purpose {
+    Login,
+    Connect { user_id: String },
+}
+
+/// The query of a callback.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct Callback {
+    pub code: Option<String>,
+    pub state: Option<String>,
+    pub iss: Option<String>,
+    pub error: Option<String>,
+}
+
+/// A finished flow.
+#[derive(Debug)]
+pub struct Finished {
+    pub user_id: String,
+    /// A new session, on sign-in.
+    pub session: Option<(SessionToken, Session)>,
+    pub return_to: String,
+}
+
+/// A provider with its client credentials, ready for flows.
+struct Client {
+    provider: Provider,
+    client_id: String,
+    secret: Option<ClientSecret>,
+}
+
+/// The flow service.
+pub struct OAuth {
+    db: Db,
+    vault: Arc<Vault>,
+    sessions: Arc<Sessions>,
+    clients: BTreeMap<String, Client>,
+    http: reqwest::Client,
+    public_url: String,
+    flow_key: Zeroizing<[u8; 32]>,
+    clock: Arc<dyn Clock>,
+}
+
+/// Only same-origin relative paths are honoured as `return_to`.
+pub fn safe_return_to(raw: Option<&str>) -> String {
+    match raw {
+        Some(p)
+            if p.starts_with('/')
+                && !p.starts_with("//")
+                && !p.starts_with("/\\")
+                && p.len() <= 512
+                && p.chars().all(|c| c.is_ascii_graphic()) =>
+        {
+            p.to_owned()
+        }
+        _ => "/".to_owned(),
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Percent-encodes for `application/x-www-form-urlencoded` and query strings.
+pub fn form_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                out.push(char::from(b))
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// Keeps only characters that can be shown safely from a provider's error code.
+fn sanitize(code: &str) -> String {
+    code.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .take(64)
+        .collect()
+}
+
+impl OAuth {
+    /// Builds the service from resolved providers; configured ones get their secret now.
+    pub fn new(
+        db: Db,
+        vault: Arc<Vault>,
+        sessions: Arc<Sessions>,
+        providers: &BTreeMap<String, Provider>,
+        secrets: BTreeMap<String, ClientSecret>,
+        public_url: &str,
+        clock: Arc<dyn Clock>,
+    ) -> Result<OAuth, reqwest::Error> {
+        let mut secrets = secrets;
+        let clients = providers
+            .values()
+            .filter_map(|p| {
+                let client_id = p.client_id.clone()?;
+                Some((
+                    p.name.clone(),
+                    Client {
+                        provider: p.clone(),
+                        client_id,
+                        secret: secrets.remove(&p.name),
+                    },
+                ))
+            })
+            .collect();
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(10))
+            .user_agent("strongbox")
+            .build()?;
+        let flow_key = vault.derive_secret("oauth flow");
+        Ok(OAuth {
+            db,
+            vault,
+            sessions,
+            clients,
+            http,
+            public_url: public_url.to_owned(),
+            flow_key,
+            clock,
+        })
+    }
+
+    fn client(&self, provider: &str, purpose: &Purpose) -> Result<&Client, OAuthError> {
+        let c = self
+            .clients
+            .get(provider)
+            .ok_or(OAuthError::UnknownProvider)?;
+        match purpose {
+            Purpose::Login if !c.provider.login => Err(OAuthError::UnknownProvider),
+            _ => Ok(c),
+        }
+    }
+
+    /// Providers configured for sign-in, by name and display name.
+    pub fn login_providers(&self) -> Vec<(String, String)> {
+        self.clients
+            .values()
+            .filter(|c| c.provider.login)
+            .map(|c| (c.provider.name.clone(), c.provider.display_name.clone()))
+            .collect()
+    }
+
+    fn redirect_uri(&self, provider: &str) -> String {
+        format!("{}/oauth/callback/{provider}", self.public_url)
+    }
+
+    fn derived(&self, label: &str, state: &str) -> String {
+        let mut msg = label.as_bytes().to_vec();
+        msg.extend_from_slice(state.as_bytes());
+        b64(&hmac_sha256(self.flow_key.as_slice(), &msg))
+    }
+
+    /// Starts a flow for the browser session `session` and returns the provider URL to
+    /// send the browser to.
+    pub async fn start(
+        &self,
+        session: &SessionToken,
+        provider: &str,
+        purpose: Purpose,
+        extra_scopes: &[String],
+        return_to: Option<&str>,
+    ) -> Result<String, OAuthError> {
+        let c = self.client(provider, &purpose)?;
+        let p = &c.provider;
+        let mut state_raw = [0u8; 32];
+        fill_random(&mut state_raw).map_err(crate::vault::VaultError::from)?;
+        let state = b64(&state_raw);
+        let mut scopes = p.scopes.clone();
+        for s in extra_scopes {
+            if !scopes.contains(s) {
+                scopes.push(s.clone());
+            }
+        }
+        let (purpose_name, user_id) = match purpose {
+            Purpose::Login => ("login", None),
+            Purpose::Connect { user_id } => ("connect", Some(user_id)),
+        };
+        let flow = FlowRow {
+            session_hash: sha256(&[session.reveal().as_bytes()]).to_vec(),
+            provider: provider.to_owned(),
+            purpose: purpose_name.to_owned(),
+            user_id,
+            scopes: scopes.join(" "),
+            return_to: safe_return_to(return_to),
+            expires_at: self.clock.unix() + FLOW_TTL,
+        };
+        let mut tx = self.db.begin().await?;
+        identities::insert_flow(&mut tx, &sha256(&[state.as_bytes()]), &flow).await?;
+        tx.commit().await?;
+        let verifier = self.derived("pkce:", &state);
+        let challenge = b64(&sha256(&[verifier.as_bytes()]));
+        let mut params = vec![
+            ("response_type", "code".to_owned()),
+            ("client_id", c.client_id.clone()),
+            ("redirect_uri", self.redirect_uri(provider)),
+            ("scope", scopes.join(&p.scope_separator)),
+            ("state", state.clone()),
+            ("code_challenge", challenge),
+            ("code_challenge_method", "S256".to_owned()),
+        ];
+        if p.kind == crate::providers::Kind::Oidc {
+            params.push(("nonce", self.derived("nonce:", &state)));
+        }
+        let authorize = p.authorize_url.clone().ok_or(OAuthError::UnknownProvider)?;
+        let mut url = authorize;
+        url.push(if url.contains('?') { '&' } else { '?' });
+        let mut first = true;
+        let extra = p
+            .authorize_params
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()));
+        for (k, v) in params.into_iter().chain(extra) {
+            if !first {
+                url.push('&');
+            }
+            first = false;
+            url.push_str(k);
+            url.push('=');
+            url.push_str(&form_encode(&v));
+        }
+        Ok(url)
+    }
+
+    /// Completes a flow from the provider's callback, for the browser session `session`.
+    pub async fn finish(
+        &self,
+        session: Option<&SessionToken>,
+        provider: &str,
+        cb: Callback,
+    ) -> Result<Finished, OAuthError> {
+        let session = session.ok_or(OAuthError::InvalidState)?;
+        let state = cb.state.as_deref().ok_or(OAuthError::InvalidState)?;
+        let mut tx = self.db.begin().await?;
+        let flow =
+            identities::take_flow(&mut tx, self.db.backend(), &sha256(&[state.as_bytes()])).await?;
+        // The state is spent whatever happens next.
+        tx.commit().await?;
+        let flow = flow.ok_or(OAuthError::InvalidState)?;
+        let mine = sha256(&[session.reveal().as_bytes()]);
+        if flow.provider != provider
+            || !crate::crypto::constant_time_eq(&flow.session_hash, &mine)
+            || self.clock.unix() >= flow.expires_at
+        {
+            return Err(OAuthError::InvalidState);
+        }
+        if let Some(error) = cb.error.as_deref() {
+            return Err(OAuthError::ProviderError(sanitize(error)));
+        }
+        let purpose = match flow.user_id.clone() {
+            Some(user_id) if flow.purpose == "connect" => Purpose::Connect { user_id },
+            _ => Purpose::Login,
+        };
+        let c = self.client(provider, &purpose)?;
+        // RFC 9207: where the provider names itself, it must be the one we asked.
+        if let (Some(iss), Some(expected)) = (cb.iss.as_deref(), c.provider.issuer.as_deref())
+            && iss != expected
+        {
+            return Err(OAuthError::ProviderError("issuer_mismatch".into()));
+        }
+        let code = cb
+            .code
+            .as_deref()
+            .ok_or_else(|| OAuthError::ProviderError("missing_code".into()))?;
+        let tokens = self
+            .exchange(c, code, &self.derived("pkce:", state), &flow.scopes)
+            .await?;
+        let who = self.userinfo(c, &tokens.access_token).await?;
+        self.complete(c, purpose, who, tokens, Some(session), flow.return_to)
+            .await
+    }
+
+    async fn complete(
+        &self,
+        c: &Client,
+        purpose: Purpose,
+        who: Person,
+        mut tokens: TokenSet,
+        session: Option<&SessionToken>,
+        return_to: String,
+    ) -> Result<Finished, OAuthError> {
+        let provider = c.provider.name.as_str();
+        let now = self.clock.unix();
+        let mut tx = self.db.begin().await?;
+        let known = identities::user_of(&mut tx, provider, &who.subject).await?;
+        let identity = |user_id| IdentityRow {
+            provider,
+            subject: &who.subject,
+            user_id,
+            email: who.email.as_deref(),
+            email_verified: who.email_verified,
+            name: who.name.as_deref(),
+            now,
+        };
+        let (user_id, kind, new_session) = match (&purpose, known) {
+            (Purpose::Login, Some(user_id)) => {
+                identities::update(&mut tx, &identity(&user_id)).await?;
+                let s = self.sessions.sign_in(&mut tx, session, &user_id).await?;
+                (user_id, AuditKind::SignIn, Some(s))
+            }
+            (Purpose::Login, None) => {
+                let user_id = uuid::Uuid::now_v7().to_string();
+                users::insert(&mut tx, &user_id, now).await?;
+                identities::insert(&mut tx, &identity(&user_id)).await?;
+                let s = self.sessions.sign_in(&mut tx, session, &user_id).await?;
+                (user_id, AuditKind::SignIn, Some(s))
+            }
+            (Purpose::Connect { user_id }, Some(owner)) if owner != *user_id => {
+                return Err(OAuthError::AlreadyLinked);
+            }
+            (Purpose::Connect { user_id }, Some(_)) => {
+                identities::update(&mut tx, &identity(user_id)).await?;
+                (user_id.clone(), AuditKind::Connect, None)
+            }
+            (Purpose::Connect { user_id }, None) => {
+                identities::insert(&mut tx, &identity(user_id)).await?;
+                (user_id.clone(), AuditKind::Connect, None)
+            }
+        };
+        // Incremental scopes: connecting again keeps what was granted before.
+        if let Some(existing) = self.vault.load(&user_id, provider).await? {
+            for s in existing.scopes() {
+                if !tokens.scopes.iter().any(|t| t == s) {
+                    tokens.scopes.push(s.to_owned());
+                }
+            }
+        }
+        let actor = Actor::User(user_id.clone());
+        let connection = self
+            .vault
+            .store(&mut tx, &actor, &user_id, provider, &tokens)
+            .await?;
+        let event = Event::new(kind, actor, format!("user:{user_id}")).detail(
+            json!({ "provider": provider, "connection": connection, "scopes": tokens.scopes }),
+        );
+        audit::append(&mut tx, self.clock.unix_ms(), event).await?;
+        tx.commit().await?;
+        Ok(Finished {
+            user_id,
+            session: new_session,
+            return_to,
+        })
+    }
+
+    /// Redeems an authorization code at the token endpoint.
+    async fn exchange(
+        &self,
+        c: &Client,
+        code: &str,
+        verifier: &str,
+        requested: &str,
+    ) -> Result<TokenSet, OAuthError> {
+        let p = &c.provider;
+        let token_url = p.token_url.as_deref().ok_or(OAuthError::UnknownProvider)?;
+        let mut form = vec![
+            ("grant_type", "authorization_code".to_owned()),
+            ("code", code.to_owned()),
+            ("redirect_uri", self.redirect_uri(&p.name)),
+            ("code_verifier", verifier.to_owned()),
+        ];
+        let mut req = self
+            .http
+            .post(token_url)
+            .header("Accept", "application/json");
+        match (p.client_auth, &c.secret) {
+            (ClientAuth::Basic, Some(secret)) => {
+                let creds = format!(
+                    "{}:{}",
+                    form_encode(&c.client_id),
+                    form_encode(secret.reveal())
+                );
+                req = req.header(
+                    "Authorization",
+                    format!(
+                        "Basic {}",
+                        base64::engine::general_purpose::STANDARD.encode(creds)
+                    ),
+                );
+            }
+            (ClientAuth::Post, Some(secret)) => {
+                form.push(("client_id", c.client_id.clone()));
+                form.push(("client_secret", secret.reveal().to_owned()));
+            }
+            (_, None) => form.push(("client_id", c.client_id.clone())),
+        }
+        let body: String = form
+            .iter()
+            .map(|(k, v)| format!("{k}={}", form_encode(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        let resp = req
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| {
+                OAuthError::TokenEndpoint(if e.is_timeout() {
+                    "timeout".into()
+                } else {
+                    "unreachable".into()
+                })
+            })?;
+        let status = resp.status();
+        let json = read_json(resp).await?;
+        if let Some(err) = json.get("error").and_then(Value::as_str) {
+            return Err(OAuthError::TokenEndpoint(sanitize(err)));
+        }
+        if !status.is_success() {
+            return Err(OAuthError::TokenEndpoint(format!(
+                "status {}",
+                status.as_u16()
+            )));
+        }
+        let text = |k: &str| json.get(k).and_then(Value::as_str).map(str::to_owned);
+        let access = text("access_token")
+            .ok_or_else(|| OAuthError::TokenEndpoint("no access_token".into()))?;
+        let granted = text("scope").unwrap_or_else(|| requested.to_owned());
+        let sep: &[char] = &[' ', ','];
+        Ok(TokenSet {
+            access_token: AccessToken::new(access),
+            refresh_token: text("refresh_token").map(RefreshToken::new),
+            id_token: text("id_token").map(IdToken::new),
+            token_type: text("token_type").unwrap_or_else(|| "Bearer".into()),
+            expires_at: json
+                .get("expires_in")
+                .and_then(Value::as_i64)
+                .map(|s| self.clock.unix() + s),
+            scopes: granted
+                .split(sep)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        })
+    }
+
+    /// Who the access token belongs to, from the provider's userinfo endpoint.
+    async fn userinfo(&self, c: &Client, token: &AccessToken) -> Result<Person, OAuthError> {
+        let url = c
+            .provider
+            .userinfo_url
+            .as_deref()
+            .ok_or_else(|| OAuthError::ProviderError("no_userinfo".into()))?;
+        let resp = self
+            .http
+            .get(url)
+            .bearer_auth(token.reveal())
+            .header("Accept", "application/json")
+            .send()
+            .await
+            .map_err(|_| OAuthError::ProviderError("userinfo_unreachable".into()))?;
+        if !resp.status().is_success() {
+            return Err(OAuthError::ProviderError(format!(
+                "userinfo_status_{}",
+                resp.status().as_u16()
+            )));
+        }
+        let json = read_json(resp).await?;
+        let names = c.provider.claims;
+        let field = |k: &str| match json.get(k) {
+            Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        };
+        let subject =
+            field(names.subject).ok_or_else(|| OAuthError::ProviderError("no_subject".into()))?;
+        let verified = ["email_verified", "verified"]
+            .iter()
+            .any(|k| json.get(*k).and_then(Value::as_bool) == Some(true));
+        Ok(Person {
+            subject,
+            email: field(names.email),
+            email_verified: verified,
+            name: field(names.name),
+        })
+    }
+}
+
+/// A person as the provider describes them.
+struct Person {
+    subject: String,
+    email: Option<String>,
+    email_verified: bool,
+    name: Option<String>,
+}
+
+async fn read_json(resp: reqwest::Response) -> Result<Value, OAuthError> {
+    let bad = || OAuthError::TokenEndpoint("malformed response".into());
+    if resp
+        .content_length()
+        .is_some_and(|n| n > MAX_RESPONSE as u64)
+    {
+        return Err(bad());
+    }
+    let bytes = resp.bytes().await.map_err(|_| bad())?;
+    if bytes.len() > MAX_RESPONSE {
+        return Err(bad());
+    }
+    serde_json::from_slice(&bytes).map_err(|_| bad())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn return_to_is_same_origin_only() {
+        assert_eq!(safe_return_to(Some("/account?x=1")), "/account?x=1");
+        for bad in [
+            "//evil.example",
+            "https://evil.example",
+            "/\\evil",
+            "evil",
+            "",
+            "/a b",
+        ] {
+            assert_eq!(safe_return_to(Some(bad)), "/", "{bad}");
+        }
+        assert_eq!(safe_return_to(None), "/");
+    }
+
+    #[test]
+    fn form_encoding() {
+        assert_eq!(form_encode("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
+        assert_eq!(sanitize("access_denied<script>"), "access_deniedscript");
+    }
+}

@@ -1,0 +1,460 @@
+//! Sign-in, connect, sessions and CSRF against a real OAuth 2.0 provider (authorization
+//! code + PKCE S256, client authentication, userinfo) started by the test on 127.0.0.1.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::extract::{Form, Query, State};
+use axum::http::{HeaderMap, Request, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use base64::Engine;
+use serde_json::{Value, json};
+use strongbox::clock::{Clock, SystemClock};
+use tower::ServiceExt;
+
+use crate::support::{Engine as Backend, Site};
+
+#[derive(Default)]
+struct ProviderState {
+    /// The subject the next authorization signs in as.
+    next_subject: String,
+    /// code -> (redirect_uri, challenge, subject, scope)
+    codes: HashMap<String, (String, String, String, String)>,
+    /// access token -> subject
+    tokens: HashMap<String, String>,
+    /// Every token issued, for leak scans.
+    issued: Vec<String>,
+}
+
+type Shared = Arc<Mutex<ProviderState>>;
+
+fn b64url(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+async fn authorize(State(s): State<Shared>, Query(q): Query<HashMap<String, String>>) -> Response {
+    assert_eq!(q["response_type"], "code");
+    assert_eq!(q["code_challenge_method"], "S256");
+    assert_eq!(q["client_id"], "cid");
+    let code = format!("code-{}", uuid::Uuid::new_v4().simple());
+    let mut st = s.lock().unwrap();
+    let subject = st.next_subject.clone();
+    st.codes.insert(
+        code.clone(),
+        (
+            q["redirect_uri"].clone(),
+            q["code_challenge"].clone(),
+            subject,
+            q["scope"].clone(),
+        ),
+    );
+    Redirect::to(&format!(
+        "{}?code={code}&state={}",
+        q["redirect_uri"], q["state"]
+    ))
+    .into_response()
+}
+
+async fn token(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Form(f): Form<HashMap<String, String>>,
+) -> Response {
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("cid:csecret")
+    );
+    if headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        != Some(expected.as_str())
+    {
+        return (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({"error": "invalid_client"})),
+        )
+            .into_response();
+    }
+    let mut st = s.lock().unwrap();
+    let Some((redirect_uri, challenge, subject, scope)) = st.codes.remove(&f["code"]) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": "invalid_grant"})),
+        )
+            .into_response();
+    };
+    let verifier_ok =
+        b64url(ring::digest::digest(&ring::digest::SHA256, f["code_verifier"].as_bytes()).as_ref())
+            == challenge;
+    if f["grant_type"] != "authorization_code" || f["redirect_uri"] != redirect_uri || !verifier_ok
+    {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": "invalid_grant"})),
+        )
+            .into_response();
+    }
+    let access = format!("at-{}", uuid::Uuid::new_v4().simple());
+    let refresh = format!("rt-{}", uuid::Uuid::new_v4().simple());
+    st.tokens.insert(access.clone(), subject);
+    st.issued.push(access.clone());
+    st.issued.push(refresh.clone());
+    axum::Json(json!({"access_token": access, "token_type": "Bearer", "expires_in": 3600, "refresh_token": refresh, "scope": scope})).into_response()
+}
+
+async fn userinfo(State(s): State<Shared>, headers: HeaderMap) -> Response {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let st = s.lock().unwrap();
+    match bearer.and_then(|t| st.tokens.get(t)) {
+        Some(sub) => axum::Json(json!({"sub": sub, "email": format!("{sub}@example.com"), "email_verified": true, "name": sub})).into_response(),
+        None => StatusCode::UNAUTHORIZED.into_response(),
+    }
+}
+
+async fn start_provider() -> (String, Shared) {
+    let shared: Shared = Arc::new(Mutex::new(ProviderState {
+        next_subject: "alice-sub".into(),
+        ..Default::default()
+    }));
+    let app = axum::Router::new()
+        .route("/authorize", get(authorize))
+        .route("/token", post(token))
+        .route("/userinfo", get(userinfo))
+        .with_state(Arc::clone(&shared));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (base, shared)
+}
+
+struct Browser {
+    app: axum::Router,
+}
+
+struct Reply {
+    status: StatusCode,
+    location: Option<String>,
+    cookie: Option<String>,
+    body: Value,
+}
+
+impl Browser {
+    async fn send(
+        &self,
+        method: &str,
+        uri: &str,
+        cookie: Option<&str>,
+        extra: &[(&str, &str)],
+    ) -> Reply {
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(c) = cookie {
+            req = req.header(header::COOKIE, format!("strongbox={c}"));
+        }
+        for (k, v) in extra {
+            req = req.header(*k, *v);
+        }
+        let resp = self
+            .app
+            .clone()
+            .oneshot(req.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let location = resp
+            .headers()
+            .get(header::LOCATION)
+            .map(|v| v.to_str().unwrap().to_owned());
+        let set = resp
+            .headers()
+            .get(header::SET_COOKIE)
+            .map(|v| v.to_str().unwrap().to_owned());
+        if let Some(set) = &set {
+            assert!(
+                set.contains("HttpOnly") && set.contains("SameSite=Lax") && set.contains("Path=/"),
+                "{set}"
+            );
+        }
+        let cookie = set.and_then(|s| {
+            s.split(';')
+                .next()
+                .and_then(|kv| kv.strip_prefix("strongbox="))
+                .map(str::to_owned)
+        });
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Reply {
+            status,
+            location,
+            cookie,
+            body,
+        }
+    }
+
+    /// Follows the provider's authorize redirect and returns our callback path and query.
+    async fn authorize(&self, url: &str) -> String {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let resp = client.get(url).send().await.unwrap();
+        assert_eq!(resp.status(), 303, "authorize answered {}", resp.status());
+        let loc = resp.headers()[header::LOCATION]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        loc.strip_prefix("http://127.0.0.1:8080")
+            .unwrap()
+            .to_owned()
+    }
+
+    /// Signs in from scratch; returns the session cookie.
+    async fn sign_in(&self) -> String {
+        let r = self.send("GET", "/login/acme", None, &[]).await;
+        let callback = self.authorize(&r.location.unwrap()).await;
+        self.send("GET", &callback, r.cookie.as_deref(), &[])
+            .await
+            .cookie
+            .unwrap()
+    }
+}
+
+async fn flows(site: Site) {
+    let (base, provider) = start_provider().await;
+    let config = strongbox::config::Config::from_toml(&format!(
+        "public_url = \"http://127.0.0.1:8080\"\n\
+         [providers.acme]\nkind = \"oauth2\"\nclient_id = \"cid\"\nclient_secret = \"csecret\"\nlogin = true\n\
+         authorize_url = \"{base}/authorize\"\ntoken_url = \"{base}/token\"\nuserinfo_url = \"{base}/userinfo\"\n\
+         scopes = [\"openid\", \"email\"]\n"
+    ))
+    .unwrap();
+    site.ok(&["keys", "init"]);
+    let vault = site.vault().await;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let state =
+        strongbox::AppState::build(config, site.db().await, Arc::clone(&vault), clock).unwrap();
+    let b = Browser {
+        app: strongbox::app(state),
+    };
+
+    // Sign in: PKCE + state, a fresh session id, return_to honoured.
+    let start = b
+        .send("GET", "/login/acme?return_to=/account", None, &[])
+        .await;
+    assert_eq!(start.status, StatusCode::SEE_OTHER);
+    let url = start.location.unwrap();
+    assert!(
+        url.starts_with(&format!("{base}/authorize?"))
+            && url.contains("code_challenge_method=S256")
+    );
+    let pre = start.cookie.unwrap();
+    let callback = b.authorize(&url).await;
+    let done = b.send("GET", &callback, Some(&pre), &[]).await;
+    assert_eq!(done.status, StatusCode::SEE_OTHER, "{:?}", done.body);
+    assert_eq!(done.location.as_deref(), Some("/account"));
+    let alice = done.cookie.unwrap();
+    assert_ne!(alice, pre, "a new session id at sign-in");
+    assert_eq!(
+        b.send("GET", "/api/me", Some(&pre), &[]).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let me = b.send("GET", "/api/me", Some(&alice), &[]).await;
+    assert_eq!(me.status, StatusCode::OK);
+    assert_eq!(me.body["identities"][0]["subject"], "alice-sub");
+    let user_id = me.body["user"]["id"].as_str().unwrap().to_owned();
+    let csrf = me.body["csrf_token"].as_str().unwrap().to_owned();
+    let sealed = vault.load(&user_id, "acme").await.unwrap().unwrap();
+    assert_eq!(sealed.scopes(), ["openid", "email"]);
+
+    // The same state twice, or from another browser, or without a cookie: refused.
+    let replay = b.send("GET", &callback, Some(&alice), &[]).await;
+    assert_eq!(
+        (replay.status, replay.body["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_state"))
+    );
+    let other = b.send("GET", "/login/acme", None, &[]).await;
+    let stolen = b.authorize(&other.location.unwrap()).await;
+    let r = b.send("GET", &stolen, Some(&alice), &[]).await;
+    assert_eq!(r.body["code"], "invalid_state");
+    let r = b.send("GET", &stolen, None, &[]).await;
+    assert_eq!(r.body["code"], "invalid_state");
+    assert!(!r.body.to_string().contains("code-"), "no code echoed");
+    // A provider error, an unknown provider, an unknown state.
+    let other = b.send("GET", "/login/acme", None, &[]).await;
+    let state_param = other
+        .location
+        .unwrap()
+        .split("state=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap()
+        .to_owned();
+    let r = b
+        .send(
+            "GET",
+            &format!("/oauth/callback/acme?error=access_denied&state={state_param}"),
+            other.cookie.as_deref(),
+            &[],
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("provider_error"))
+    );
+    assert_eq!(
+        b.send("GET", "/login/nope", None, &[]).await.body["code"],
+        "unknown_provider"
+    );
+    assert_eq!(
+        b.send(
+            "GET",
+            "/oauth/callback/acme?code=x&state=forged",
+            Some(&alice),
+            &[]
+        )
+        .await
+        .body["code"],
+        "invalid_state"
+    );
+
+    // Connect more scopes: incremental, merged with what was granted.
+    let r = b
+        .send(
+            "GET",
+            "/connect/acme?scopes=calendar,contacts",
+            Some(&alice),
+            &[],
+        )
+        .await;
+    assert!(r.location.as_deref().unwrap().contains("calendar"));
+    let cb = b.authorize(&r.location.unwrap()).await;
+    let r = b.send("GET", &cb, Some(&alice), &[]).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{:?}", r.body);
+    let sealed = vault.load(&user_id, "acme").await.unwrap().unwrap();
+    assert_eq!(sealed.scopes(), ["openid", "email", "calendar", "contacts"]);
+    // Connecting an account that belongs to another user is refused, never merged.
+    provider.lock().unwrap().next_subject = "bob-sub".into();
+    let bob = b.sign_in().await;
+    assert_ne!(
+        b.send("GET", "/api/me", Some(&bob), &[]).await.body["user"]["id"],
+        user_id.as_str()
+    );
+    let r = b.send("GET", "/connect/acme", Some(&alice), &[]).await;
+    let cb = b.authorize(&r.location.unwrap()).await;
+    assert_eq!(
+        b.send("GET", &cb, Some(&alice), &[]).await.body["code"],
+        "already_linked"
+    );
+    provider.lock().unwrap().next_subject = "alice-sub".into();
+
+    // Sessions: list, CSRF, sign out everywhere.
+    let alice2 = b.sign_in().await;
+    let list = b.send("GET", "/api/sessions", Some(&alice), &[]).await;
+    assert_eq!(list.body["sessions"].as_array().unwrap().len(), 2);
+    assert!(!list.body.to_string().contains(&alice));
+    let origin = ("origin", "http://127.0.0.1:8080");
+    let r = b.send("POST", "/logout", Some(&alice2), &[origin]).await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("csrf_failed")),
+        "no token"
+    );
+    let csrf2 = b.send("GET", "/api/me", Some(&alice2), &[]).await.body["csrf_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = b
+        .send(
+            "POST",
+            "/logout",
+            Some(&alice2),
+            &[("origin", "https://evil.example"), ("x-csrf-token", &csrf2)],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "cross-origin");
+    let r = b
+        .send(
+            "POST",
+            "/logout",
+            Some(&alice2),
+            &[origin, ("x-csrf-token", &csrf)],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "another session's token");
+    let r = b
+        .send(
+            "POST",
+            "/logout",
+            Some(&alice2),
+            &[origin, ("x-csrf-token", &csrf2)],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        b.send("GET", "/api/me", Some(&alice2), &[]).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let r = b
+        .send(
+            "DELETE",
+            "/api/sessions",
+            Some(&alice),
+            &[("sec-fetch-site", "same-origin"), ("x-csrf-token", &csrf)],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        b.send("GET", "/api/me", Some(&alice), &[]).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert!(site.ok(&["audit", "verify"]).contains("intact"));
+
+    // No token the provider issued is stored in the clear.
+    let issued = provider.lock().unwrap().issued.clone();
+    assert!(issued.len() >= 8);
+    let mut at_rest = Vec::new();
+    match site.engine {
+        Backend::Sqlite => {
+            for entry in std::fs::read_dir(site.path().join("data")).unwrap() {
+                at_rest.extend(std::fs::read(entry.unwrap().path()).unwrap());
+            }
+        }
+        Backend::Postgres => {
+            at_rest = std::process::Command::new("pg_dump")
+                .arg(&site.url)
+                .output()
+                .unwrap()
+                .stdout
+        }
+    }
+    for t in &issued {
+        assert!(
+            !at_rest.windows(t.len()).any(|w| w == t.as_bytes()),
+            "token stored in the clear"
+        );
+    }
+}
+
+mod sign_in_and_connect {
+    use crate::support::{Engine, Site};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        super::flows(Site::new(Engine::Sqlite).await.unwrap()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        if let Some(site) = Site::new(Engine::Postgres).await {
+            super::flows(site).await;
+        }
+    }
+}
