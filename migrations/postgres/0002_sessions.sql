@@ -25,7 +25,7 @@ CREATE TABLE session (
     last_seen_at  BIGINT NOT NULL,
     expires_at    BIGINT NOT NULL
 );
-CREATE INDEX session_user ON session (user_id);
+CREATE INDEX session_by_user ON session (user_id);
 
 -- An authorization request in flight: one-time, bound to the browser session that started
 -- it, expiring after ten minutes. Only digests of the state and session are stored; the
