@@ -72,6 +72,7 @@ pub enum Kind {
     Connect,
     SignOut,
     SessionsRevoked,
+    Disconnect,
 }
 
 impl Kind {
@@ -88,6 +89,7 @@ impl Kind {
             Kind::Connect => "connect",
             Kind::SignOut => "sign_out",
             Kind::SessionsRevoked => "sessions.revoked",
+            Kind::Disconnect => "disconnect",
         }
     }
 }

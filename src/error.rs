@@ -26,6 +26,8 @@ pub enum Error {
     NotFound,
     #[error("sign in first")]
     Unauthorized,
+    #[error("the provider is unavailable; the connection is kept and marked for retry")]
+    ProviderUnavailable,
     #[error("this request needs a same-origin Origin and the CSRF token")]
     Csrf,
     #[error(transparent)]
@@ -83,6 +85,14 @@ impl Error {
                 StatusCode::CONFLICT,
                 "already_linked",
                 "Account already linked",
+            ),
+            Error::OAuth(OAuthError::NoSuchConnection) => {
+                (StatusCode::NOT_FOUND, "not_found", "No such connection")
+            }
+            Error::ProviderUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "provider_unavailable",
+                "Provider unavailable",
             ),
             Error::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "Sign in first"),
             Error::Csrf => (

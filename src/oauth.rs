@@ -21,6 +21,7 @@ use zeroize::Zeroizing;
 use crate::audit::{self, Actor, Event, Kind as AuditKind};
 use crate::clock::Clock;
 use crate::crypto::{fill_random, hmac_sha256, sha256};
+use crate::executor::{Executor, Revocation, Revoked};
 use crate::providers::{ClientAuth, Provider};
 use crate::secret::{AccessToken, ClientSecret, IdToken, RefreshToken, SessionToken};
 use crate::sessions::{Session, Sessions};
@@ -48,6 +49,8 @@ pub enum OAuthError {
     TokenEndpoint(String),
     #[error("that account is already linked to another user")]
     AlreadyLinked,
+    #[error("no such connection")]
+    NoSuchConnection,
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error(transparent)]
@@ -98,6 +101,18 @@ pub struct OAuth {
     public_url: String,
     flow_key: Zeroizing<[u8; 32]>,
     clock: Arc<dyn Clock>,
+    executor: Executor,
+}
+
+/// What a disconnect did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disconnected {
+    /// Revoked at the provider (or it offers no revocation) and erased here.
+    Erased { revoked: bool },
+    /// Revocation failed for a reason other than unavailability; erased here anyway.
+    ErasedRevocationFailed(String),
+    /// The provider answered 503: the record is kept and marked `revoke_pending`.
+    PendingRetry,
 }
 
 /// Only same-origin relative paths are honoured as `return_to`.
@@ -174,7 +189,9 @@ impl OAuth {
             .user_agent("strongbox")
             .build()?;
         let flow_key = vault.derive_secret("oauth flow");
+        let executor = Executor::new(Arc::clone(&vault));
         Ok(OAuth {
+            executor,
             db,
             vault,
             sessions,
@@ -405,6 +422,75 @@ impl OAuth {
             session: new_session,
             return_to,
         })
+    }
+
+    /// Disconnects one of `user_id`'s connections: revokes at the provider when it offers
+    /// RFC 7009 revocation, then erases the record. A provider answering 503 keeps the
+    /// record, marked for retry; any other revocation failure still erases it.
+    pub async fn disconnect(&self, user_id: &str, id: &str) -> Result<Disconnected, OAuthError> {
+        let sealed = self
+            .vault
+            .load_by_id(id)
+            .await?
+            .filter(|s| s.user_id() == user_id)
+            .ok_or(OAuthError::NoSuchConnection)?;
+        let client = self.clients.get(sealed.provider());
+        let outcome =
+            match client.and_then(|c| c.provider.revocation_url.as_deref().map(|u| (c, u))) {
+                Some((c, url)) => {
+                    let r = Revocation {
+                        url,
+                        client_id: &c.client_id,
+                        secret: c.secret.as_ref(),
+                        auth: c.provider.client_auth,
+                    };
+                    Some(self.executor.revoke(&self.http, &sealed, r).await?)
+                }
+                None => None,
+            };
+        let actor = Actor::User(user_id.to_owned());
+        let mut tx = self.db.begin().await?;
+        let result = match outcome {
+            Some(Revoked::Unavailable) => {
+                self.vault.set_status(&mut tx, id, "revoke_pending").await?;
+                Disconnected::PendingRetry
+            }
+            Some(Revoked::Failed(why)) => {
+                self.vault.delete(&mut tx, &actor, id).await?;
+                Disconnected::ErasedRevocationFailed(why)
+            }
+            Some(Revoked::Done) => {
+                self.vault.delete(&mut tx, &actor, id).await?;
+                Disconnected::Erased { revoked: true }
+            }
+            None => {
+                self.vault.delete(&mut tx, &actor, id).await?;
+                Disconnected::Erased { revoked: false }
+            }
+        };
+        let (outcome, detail) = match &result {
+            Disconnected::Erased { revoked } => {
+                (audit::Outcome::Success, json!({ "revoked": revoked }))
+            }
+            Disconnected::ErasedRevocationFailed(why) => (
+                audit::Outcome::Failure,
+                json!({ "revoked": false, "error": why }),
+            ),
+            Disconnected::PendingRetry => (
+                audit::Outcome::Failure,
+                json!({ "revoked": false, "pending": true }),
+            ),
+        };
+        let mut detail = detail;
+        if let Some(obj) = detail.as_object_mut() {
+            obj.insert("provider".into(), json!(sealed.provider()));
+        }
+        let event = Event::new(AuditKind::Disconnect, actor, format!("connection:{id}"))
+            .outcome(outcome)
+            .detail(detail);
+        audit::append(&mut tx, self.clock.unix_ms(), event).await?;
+        tx.commit().await?;
+        Ok(result)
     }
 
     /// Redeems an authorization code at the token endpoint.

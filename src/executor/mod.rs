@@ -9,6 +9,10 @@
 
 use std::sync::Arc;
 
+mod revoke;
+
+pub use revoke::{Revocation, Revoked};
+
 use crate::vault::{SealedCredential, TokenSet, Vault, VaultError};
 
 /// Permission to decrypt a credential. Constructible only inside `crate::executor`.

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use crate::audit::{self, Actor, Event, Kind};
 use crate::error::Error;
-use crate::oauth::{Callback, Purpose};
+use crate::oauth::{Callback, Disconnected, Purpose};
 use crate::secret::SessionToken;
 use crate::sessions::{Session, Sessions};
 use crate::store::identities;
@@ -311,4 +311,37 @@ pub async fn end_all_sessions(
     resp.headers_mut()
         .insert(header::SET_COOKIE, clear_cookie(app.config.https));
     Ok(resp)
+}
+
+/// `GET /api/connections` — the user's connections.
+pub async fn connections(State(app): State<AppState>, me: SignedIn) -> Result<Json<Value>, Error> {
+    let list = app.vault.list(&me.user_id).await?;
+    let connections: Vec<Value> = list
+        .iter()
+        .map(|c| {
+            json!({
+                "id": c.id(), "provider": c.provider(), "scopes": c.scopes(), "status": c.status(),
+                "created_at": crate::clock::rfc3339(c.created_at()),
+                "last_used_at": c.last_used_at().map(crate::clock::rfc3339),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "connections": connections })))
+}
+
+/// `DELETE /api/connections/{id}` — revoke at the provider where it can, then erase.
+pub async fn disconnect(
+    State(app): State<AppState>,
+    me: SignedIn,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, Error> {
+    require_csrf(&app, &headers, &me.token, None)?;
+    match app.oauth.disconnect(&me.user_id, &id).await? {
+        Disconnected::Erased { revoked } => Ok(Json(json!({ "erased": true, "revoked": revoked })).into_response()),
+        Disconnected::ErasedRevocationFailed(why) => {
+            Ok(Json(json!({ "erased": true, "revoked": false, "detail": format!("revocation failed: {why}") })).into_response())
+        }
+        Disconnected::PendingRetry => Err(Error::ProviderUnavailable),
+    }
 }

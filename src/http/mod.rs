@@ -10,7 +10,7 @@ use axum::Router;
 use axum::http::{HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 
 use crate::clock::Clock;
 use crate::config::Config;
@@ -89,6 +89,8 @@ pub fn app(state: AppState) -> Router {
             "/api/sessions",
             get(browser::sessions).delete(browser::end_all_sessions),
         )
+        .route("/api/connections", get(browser::connections))
+        .route("/api/connections/{id}", delete(browser::disconnect))
         .layer(middleware::from_fn(security_headers))
         .with_state(state)
 }

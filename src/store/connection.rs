@@ -262,3 +262,45 @@ pub async fn count_under(conn: &mut Conn, version: i64) -> Result<i64, sqlx::Err
         .fetch_one(conn)
         .await
 }
+
+/// A user's connections, oldest first.
+pub async fn for_user<'e, E>(e: E, user_id: &str) -> Result<Vec<ConnectionRow>, sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let sql = format!(
+        "SELECT {COLUMNS} FROM connection WHERE user_id = $1 ORDER BY created_at, provider"
+    );
+    sqlx::query(&sql)
+        .bind(user_id)
+        .fetch_all(e)
+        .await?
+        .iter()
+        .map(from_row)
+        .collect()
+}
+
+pub async fn by_id<'e, E>(e: E, id: &str) -> Result<Option<ConnectionRow>, sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let sql = format!("SELECT {COLUMNS} FROM connection WHERE id = $1");
+    sqlx::query(&sql)
+        .bind(id)
+        .fetch_optional(e)
+        .await?
+        .as_ref()
+        .map(from_row)
+        .transpose()
+}
+
+pub async fn set_status(conn: &mut Conn, id: &str, status: &str) -> Result<u64, sqlx::Error> {
+    Ok(
+        sqlx::query("UPDATE connection SET status = $2 WHERE id = $1")
+            .bind(id)
+            .bind(status)
+            .execute(conn)
+            .await?
+            .rows_affected(),
+    )
+}

@@ -154,6 +154,12 @@ impl SealedCredential {
     pub fn generation(&self) -> i64 {
         self.row.generation
     }
+    pub fn created_at(&self) -> i64 {
+        self.row.created_at
+    }
+    pub fn last_used_at(&self) -> Option<i64> {
+        self.row.last_used_at
+    }
 }
 
 fn binding(row: &ConnectionRow) -> Binding<'_> {
@@ -361,6 +367,33 @@ impl Vault {
     ) -> Result<Option<SealedCredential>, VaultError> {
         let row = conns::by_user_provider(self.db.pool(), user_id, provider).await?;
         Ok(row.map(|row| SealedCredential { row }))
+    }
+
+    /// A connection by id.
+    pub async fn load_by_id(&self, id: &str) -> Result<Option<SealedCredential>, VaultError> {
+        Ok(conns::by_id(self.db.pool(), id)
+            .await?
+            .map(|row| SealedCredential { row }))
+    }
+
+    /// A user's connections (metadata and ciphertext).
+    pub async fn list(&self, user_id: &str) -> Result<Vec<SealedCredential>, VaultError> {
+        Ok(conns::for_user(self.db.pool(), user_id)
+            .await?
+            .into_iter()
+            .map(|row| SealedCredential { row })
+            .collect())
+    }
+
+    /// Marks a connection (`active`, `revoke_pending`, `reauth_required`).
+    pub async fn set_status(
+        &self,
+        conn: &mut Conn,
+        id: &str,
+        status: &str,
+    ) -> Result<(), VaultError> {
+        conns::set_status(conn, id, status).await?;
+        Ok(())
     }
 
     /// Erases a connection inside the caller's transaction and audits it.

@@ -26,6 +26,10 @@ struct ProviderState {
     tokens: HashMap<String, String>,
     /// Every token issued, for leak scans.
     issued: Vec<String>,
+    /// Status the revocation endpoint answers with (0: 200).
+    revoke_status: u16,
+    /// Tokens revoked.
+    revoked: Vec<String>,
 }
 
 type Shared = Arc<Mutex<ProviderState>>;
@@ -116,6 +120,31 @@ async fn userinfo(State(s): State<Shared>, headers: HeaderMap) -> Response {
     }
 }
 
+async fn revoke(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Form(f): Form<HashMap<String, String>>,
+) -> Response {
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("cid:csecret")
+    );
+    assert_eq!(
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+        Some(expected.as_str())
+    );
+    let mut st = s.lock().unwrap();
+    match st.revoke_status {
+        0 | 200 => {
+            st.revoked.push(f["token"].clone());
+            StatusCode::OK.into_response()
+        }
+        code => StatusCode::from_u16(code).unwrap().into_response(),
+    }
+}
+
 async fn start_provider() -> (String, Shared) {
     let shared: Shared = Arc::new(Mutex::new(ProviderState {
         next_subject: "alice-sub".into(),
@@ -125,6 +154,7 @@ async fn start_provider() -> (String, Shared) {
         .route("/authorize", get(authorize))
         .route("/token", post(token))
         .route("/userinfo", get(userinfo))
+        .route("/revoke", post(revoke))
         .with_state(Arc::clone(&shared));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -230,7 +260,7 @@ async fn flows(site: Site) {
     let config = strongbox::config::Config::from_toml(&format!(
         "public_url = \"http://127.0.0.1:8080\"\n\
          [providers.acme]\nkind = \"oauth2\"\nclient_id = \"cid\"\nclient_secret = \"csecret\"\nlogin = true\n\
-         authorize_url = \"{base}/authorize\"\ntoken_url = \"{base}/token\"\nuserinfo_url = \"{base}/userinfo\"\n\
+         authorize_url = \"{base}/authorize\"\ntoken_url = \"{base}/token\"\nuserinfo_url = \"{base}/userinfo\"\nrevocation_url = \"{base}/revoke\"\n\
          scopes = [\"openid\", \"email\"]\n"
     ))
     .unwrap();
@@ -355,12 +385,108 @@ async fn flows(site: Site) {
     );
     provider.lock().unwrap().next_subject = "alice-sub".into();
 
+    // Connections and disconnect: 503 keeps the record for retry, other failures erase it
+    // anyway, success revokes the refresh token at the provider.
+    let origin = ("origin", "http://127.0.0.1:8080");
+    let list = b.send("GET", "/api/connections", Some(&alice), &[]).await;
+    let conn = &list.body["connections"][0];
+    assert_eq!(
+        (conn["provider"].as_str(), conn["status"].as_str()),
+        (Some("acme"), Some("active"))
+    );
+    let id = conn["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/connections/{id}");
+    assert_eq!(
+        b.send("DELETE", &path, Some(&alice), &[origin]).await.body["code"],
+        "csrf_failed"
+    );
+    provider.lock().unwrap().revoke_status = 503;
+    let r = b
+        .send(
+            "DELETE",
+            &path,
+            Some(&alice),
+            &[origin, ("x-csrf-token", &csrf)],
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some("provider_unavailable")
+        )
+    );
+    let list = b.send("GET", "/api/connections", Some(&alice), &[]).await;
+    assert_eq!(list.body["connections"][0]["status"], "revoke_pending");
+    provider.lock().unwrap().revoke_status = 400;
+    let r = b
+        .send(
+            "DELETE",
+            &path,
+            Some(&alice),
+            &[origin, ("x-csrf-token", &csrf)],
+        )
+        .await;
+    assert_eq!(
+        (r.body["erased"].as_bool(), r.body["revoked"].as_bool()),
+        (Some(true), Some(false)),
+        "{:?}",
+        r.body
+    );
+    assert_eq!(
+        b.send("GET", "/api/connections", Some(&alice), &[])
+            .await
+            .body["connections"],
+        json!([])
+    );
+    provider.lock().unwrap().revoke_status = 200;
+    let alice3 = b.sign_in().await;
+    let list = b.send("GET", "/api/connections", Some(&alice3), &[]).await;
+    let id = list.body["connections"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let csrf3 = b.send("GET", "/api/me", Some(&alice3), &[]).await.body["csrf_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = b
+        .send(
+            "DELETE",
+            &format!("/api/connections/{id}"),
+            Some(&alice3),
+            &[origin, ("x-csrf-token", &csrf3)],
+        )
+        .await;
+    assert_eq!(r.body["revoked"], true, "{:?}", r.body);
+    let revoked = provider.lock().unwrap().revoked.clone();
+    assert!(
+        revoked.len() == 1 && revoked[0].starts_with("rt-"),
+        "the refresh token was revoked"
+    );
+    // Another user's connection cannot be touched.
+    let bob_conn = b
+        .send("GET", "/api/connections", Some(&bob), &[])
+        .await
+        .body["connections"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = b
+        .send(
+            "DELETE",
+            &format!("/api/connections/{bob_conn}"),
+            Some(&alice3),
+            &[origin, ("x-csrf-token", &csrf3)],
+        )
+        .await;
+    assert_eq!(r.body["code"], "not_found");
+
     // Sessions: list, CSRF, sign out everywhere.
     let alice2 = b.sign_in().await;
     let list = b.send("GET", "/api/sessions", Some(&alice), &[]).await;
-    assert_eq!(list.body["sessions"].as_array().unwrap().len(), 2);
+    assert_eq!(list.body["sessions"].as_array().unwrap().len(), 3);
     assert!(!list.body.to_string().contains(&alice));
-    let origin = ("origin", "http://127.0.0.1:8080");
     let r = b.send("POST", "/logout", Some(&alice2), &[origin]).await;
     assert_eq!(
         (r.status, r.body["code"].as_str()),
