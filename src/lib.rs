@@ -28,6 +28,7 @@ pub mod error;
 pub mod executor;
 pub mod http;
 pub mod oauth;
+pub mod oidc;
 pub mod providers;
 pub mod secret;
 pub mod sessions;

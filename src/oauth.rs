@@ -22,6 +22,7 @@ use crate::audit::{self, Actor, Event, Kind as AuditKind};
 use crate::clock::Clock;
 use crate::crypto::{fill_random, hmac_sha256, sha256};
 use crate::executor::{Executor, Revocation, Revoked};
+use crate::oidc::{Expect, Oidc};
 use crate::providers::{ClientAuth, Provider};
 use crate::secret::{AccessToken, ClientSecret, IdToken, RefreshToken, SessionToken};
 use crate::sessions::{Session, Sessions};
@@ -102,6 +103,16 @@ pub struct OAuth {
     flow_key: Zeroizing<[u8; 32]>,
     clock: Arc<dyn Clock>,
     executor: Executor,
+    oidc: Oidc,
+}
+
+/// A provider's endpoints, from the catalogue, configuration or discovery.
+struct Endpoints {
+    issuer: Option<String>,
+    authorize: String,
+    token: String,
+    userinfo: Option<String>,
+    jwks: Option<String>,
 }
 
 /// What a disconnect did.
@@ -191,6 +202,7 @@ impl OAuth {
         let flow_key = vault.derive_secret("oauth flow");
         let executor = Executor::new(Arc::clone(&vault));
         Ok(OAuth {
+            oidc: Oidc::default(),
             executor,
             db,
             vault,
@@ -221,6 +233,36 @@ impl OAuth {
             .filter(|c| c.provider.login)
             .map(|c| (c.provider.name.clone(), c.provider.display_name.clone()))
             .collect()
+    }
+
+    /// Endpoints of `c`; a generic OIDC provider's come from discovery (cached).
+    async fn endpoints(&self, c: &Client) -> Result<Endpoints, OAuthError> {
+        let p = &c.provider;
+        let mut e = Endpoints {
+            issuer: p.issuer.clone(),
+            authorize: p.authorize_url.clone().unwrap_or_default(),
+            token: p.token_url.clone().unwrap_or_default(),
+            userinfo: p.userinfo_url.clone(),
+            jwks: p.jwks_url.clone(),
+        };
+        if p.kind == crate::providers::Kind::Oidc
+            && (e.authorize.is_empty() || e.token.is_empty() || e.jwks.is_none())
+        {
+            let issuer = p.issuer.as_deref().ok_or(OAuthError::UnknownProvider)?;
+            let d = self.oidc.discover(&self.http, issuer).await?;
+            if e.authorize.is_empty() {
+                e.authorize = d.authorization_endpoint;
+            }
+            if e.token.is_empty() {
+                e.token = d.token_endpoint;
+            }
+            e.userinfo = e.userinfo.or(d.userinfo_endpoint);
+            e.jwks = e.jwks.or(Some(d.jwks_uri));
+        }
+        if e.authorize.is_empty() || e.token.is_empty() {
+            return Err(OAuthError::UnknownProvider);
+        }
+        Ok(e)
     }
 
     fn redirect_uri(&self, provider: &str) -> String {
@@ -284,8 +326,7 @@ impl OAuth {
         if p.kind == crate::providers::Kind::Oidc {
             params.push(("nonce", self.derived("nonce:", &state)));
         }
-        let authorize = p.authorize_url.clone().ok_or(OAuthError::UnknownProvider)?;
-        let mut url = authorize;
+        let mut url = self.endpoints(c).await?.authorize;
         url.push(if url.contains('?') { '&' } else { '?' });
         let mut first = true;
         let extra = p
@@ -344,10 +385,48 @@ impl OAuth {
             .code
             .as_deref()
             .ok_or_else(|| OAuthError::ProviderError("missing_code".into()))?;
+        let endpoints = self.endpoints(c).await?;
         let tokens = self
-            .exchange(c, code, &self.derived("pkce:", state), &flow.scopes)
+            .exchange(
+                c,
+                &endpoints.token,
+                code,
+                &self.derived("pkce:", state),
+                &flow.scopes,
+            )
             .await?;
-        let who = self.userinfo(c, &tokens.access_token).await?;
+        let who = match (&c.provider.kind, &tokens.id_token) {
+            (crate::providers::Kind::Oidc, Some(id_token)) => {
+                let expect = Expect {
+                    provider: &c.provider.name,
+                    jwks_url: endpoints.jwks.as_deref().unwrap_or_default(),
+                    issuer: endpoints.issuer.as_deref().unwrap_or_default(),
+                    client_id: &c.client_id,
+                    nonce: &self.derived("nonce:", state),
+                    now: self.clock.unix(),
+                };
+                let claims = self
+                    .oidc
+                    .verify(&self.http, id_token.reveal(), &expect)
+                    .await?;
+                Person {
+                    subject: claims.subject,
+                    email: claims.email,
+                    email_verified: claims.email_verified,
+                    name: claims.name,
+                }
+            }
+            (crate::providers::Kind::Oidc, None) => {
+                return Err(OAuthError::ProviderError("no_id_token".into()));
+            }
+            (crate::providers::Kind::OAuth2, _) => {
+                let url = endpoints
+                    .userinfo
+                    .as_deref()
+                    .ok_or_else(|| OAuthError::ProviderError("no_userinfo".into()))?;
+                self.userinfo(c, url, &tokens.access_token).await?
+            }
+        };
         self.complete(c, purpose, who, tokens, Some(session), flow.return_to)
             .await
     }
@@ -497,12 +576,12 @@ impl OAuth {
     async fn exchange(
         &self,
         c: &Client,
+        token_url: &str,
         code: &str,
         verifier: &str,
         requested: &str,
     ) -> Result<TokenSet, OAuthError> {
         let p = &c.provider;
-        let token_url = p.token_url.as_deref().ok_or(OAuthError::UnknownProvider)?;
         let mut form = vec![
             ("grant_type", "authorization_code".to_owned()),
             ("code", code.to_owned()),
@@ -585,12 +664,12 @@ impl OAuth {
     }
 
     /// Who the access token belongs to, from the provider's userinfo endpoint.
-    async fn userinfo(&self, c: &Client, token: &AccessToken) -> Result<Person, OAuthError> {
-        let url = c
-            .provider
-            .userinfo_url
-            .as_deref()
-            .ok_or_else(|| OAuthError::ProviderError("no_userinfo".into()))?;
+    async fn userinfo(
+        &self,
+        c: &Client,
+        url: &str,
+        token: &AccessToken,
+    ) -> Result<Person, OAuthError> {
         let resp = self
             .http
             .get(url)
@@ -632,6 +711,23 @@ struct Person {
     email: Option<String>,
     email_verified: bool,
     name: Option<String>,
+}
+
+/// GETs a JSON document (discovery, JWKS).
+pub(crate) async fn get_json(http: &reqwest::Client, url: &str) -> Result<Value, OAuthError> {
+    let resp = http
+        .get(url)
+        .header("Accept", "application/json")
+        .send()
+        .await
+        .map_err(|_| OAuthError::ProviderError("unreachable".into()))?;
+    if !resp.status().is_success() {
+        return Err(OAuthError::ProviderError(format!(
+            "status_{}",
+            resp.status().as_u16()
+        )));
+    }
+    read_json(resp).await
 }
 
 async fn read_json(resp: reqwest::Response) -> Result<Value, OAuthError> {

@@ -12,5 +12,6 @@ mod cli;
 mod kat;
 mod leak;
 mod oauth;
+mod oidc;
 mod serve;
 mod support;

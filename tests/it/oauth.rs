@@ -162,19 +162,20 @@ async fn start_provider() -> (String, Shared) {
     (base, shared)
 }
 
-struct Browser {
-    app: axum::Router,
+pub(crate) struct Browser {
+    pub(crate) app: axum::Router,
 }
 
-struct Reply {
-    status: StatusCode,
-    location: Option<String>,
-    cookie: Option<String>,
-    body: Value,
+#[derive(Debug)]
+pub(crate) struct Reply {
+    pub(crate) status: StatusCode,
+    pub(crate) location: Option<String>,
+    pub(crate) cookie: Option<String>,
+    pub(crate) body: Value,
 }
 
 impl Browser {
-    async fn send(
+    pub(crate) async fn send(
         &self,
         method: &str,
         uri: &str,
@@ -228,7 +229,7 @@ impl Browser {
     }
 
     /// Follows the provider's authorize redirect and returns our callback path and query.
-    async fn authorize(&self, url: &str) -> String {
+    pub(crate) async fn authorize(&self, url: &str) -> String {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
@@ -246,12 +247,17 @@ impl Browser {
 
     /// Signs in from scratch; returns the session cookie.
     async fn sign_in(&self) -> String {
-        let r = self.send("GET", "/login/acme", None, &[]).await;
+        self.sign_in_with("acme").await.unwrap()
+    }
+
+    /// Signs in with `provider`; the callback's reply when no session came out of it.
+    pub(crate) async fn sign_in_with(&self, provider: &str) -> Result<String, Reply> {
+        let r = self
+            .send("GET", &format!("/login/{provider}"), None, &[])
+            .await;
         let callback = self.authorize(&r.location.unwrap()).await;
-        self.send("GET", &callback, r.cookie.as_deref(), &[])
-            .await
-            .cookie
-            .unwrap()
+        let done = self.send("GET", &callback, r.cookie.as_deref(), &[]).await;
+        done.cookie.clone().ok_or(done)
     }
 }
 

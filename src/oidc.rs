@@ -1,0 +1,213 @@
+//! OpenID Connect for the sign-in flow: discovery, JWKS with key rollover, and ID-token
+//! validation per OIDC Core §3.1.3.7, done by the maintained `openidconnect` crate.
+//!
+//! Checked: the signature, with an allow-list of asymmetric algorithms (never `none`, never
+//! a shared-secret algorithm); `iss` exactly; `aud` contains our client id and no untrusted
+//! audience; `azp`, when present or when there are several audiences, is our client id;
+//! `exp` with at most [`SKEW`] seconds of tolerance; `iat` neither in the future nor older
+//! than [`MAX_AGE`]; and `nonce` equal to the one the flow derived. An unknown `kid`
+//! refetches the JWKS once, so a provider's key rollover needs no restart.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::RwLock;
+
+use openidconnect::core::{
+    CoreIdToken, CoreIdTokenVerifier, CoreJsonWebKeySet, CoreJwsSigningAlgorithm,
+};
+use openidconnect::{
+    ClaimsVerificationError, ClientId, IssuerUrl, Nonce, SignatureVerificationError,
+};
+use serde::Deserialize;
+
+use crate::oauth::OAuthError;
+
+/// Tolerated clock skew, seconds.
+pub const SKEW: i64 = 60;
+/// Oldest acceptable `iat`, seconds before now.
+pub const MAX_AGE: i64 = 600;
+
+const ALLOWED_ALGS: [CoreJwsSigningAlgorithm; 6] = [
+    CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256,
+    CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha384,
+    CoreJwsSigningAlgorithm::RsaSsaPssSha256,
+    CoreJwsSigningAlgorithm::EcdsaP256Sha256,
+    CoreJwsSigningAlgorithm::EcdsaP384Sha384,
+    CoreJwsSigningAlgorithm::EdDsa,
+];
+
+/// A provider's discovery document, the fields we use.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Discovery {
+    pub issuer: String,
+    pub authorization_endpoint: String,
+    pub token_endpoint: String,
+    pub userinfo_endpoint: Option<String>,
+    pub jwks_uri: String,
+    pub revocation_endpoint: Option<String>,
+}
+
+/// Who an ID token says signed in.
+#[derive(Debug, Clone)]
+pub struct IdClaims {
+    pub subject: String,
+    pub email: Option<String>,
+    pub email_verified: bool,
+    pub name: Option<String>,
+}
+
+/// What one validation needs.
+pub struct Expect<'a> {
+    pub provider: &'a str,
+    pub jwks_url: &'a str,
+    pub issuer: &'a str,
+    pub client_id: &'a str,
+    pub nonce: &'a str,
+    pub now: i64,
+}
+
+/// Discovery and JWKS caches.
+#[derive(Default)]
+pub struct Oidc {
+    jwks: RwLock<HashMap<String, CoreJsonWebKeySet>>,
+    discovered: RwLock<HashMap<String, Discovery>>,
+}
+
+fn refused(why: &str) -> OAuthError {
+    OAuthError::ProviderError(format!("id_token_{why}"))
+}
+
+impl Oidc {
+    /// The discovery document of `issuer`, fetched once; its `issuer` must match exactly.
+    pub async fn discover(
+        &self,
+        http: &reqwest::Client,
+        issuer: &str,
+    ) -> Result<Discovery, OAuthError> {
+        if let Some(d) = self
+            .discovered
+            .read()
+            .ok()
+            .and_then(|m| m.get(issuer).cloned())
+        {
+            return Ok(d);
+        }
+        let url = format!(
+            "{}/.well-known/openid-configuration",
+            issuer.trim_end_matches('/')
+        );
+        let d: Discovery = serde_json::from_value(crate::oauth::get_json(http, &url).await?)
+            .map_err(|_| OAuthError::ProviderError("discovery_malformed".into()))?;
+        if d.issuer != issuer {
+            return Err(OAuthError::ProviderError(
+                "discovery_issuer_mismatch".into(),
+            ));
+        }
+        if let Ok(mut m) = self.discovered.write() {
+            m.insert(issuer.to_owned(), d.clone());
+        }
+        Ok(d)
+    }
+
+    async fn keys(
+        &self,
+        http: &reqwest::Client,
+        e: &Expect<'_>,
+        refresh: bool,
+    ) -> Result<CoreJsonWebKeySet, OAuthError> {
+        let cached = self
+            .jwks
+            .read()
+            .ok()
+            .and_then(|m| m.get(e.provider).cloned());
+        if let Some(k) = cached.filter(|_| !refresh) {
+            return Ok(k);
+        }
+        let keys: CoreJsonWebKeySet =
+            serde_json::from_value(crate::oauth::get_json(http, e.jwks_url).await?)
+                .map_err(|_| OAuthError::ProviderError("jwks_malformed".into()))?;
+        if let Ok(mut m) = self.jwks.write() {
+            m.insert(e.provider.to_owned(), keys.clone());
+        }
+        Ok(keys)
+    }
+
+    /// Validates `id_token`, refetching the JWKS once when its key is unknown.
+    pub async fn verify(
+        &self,
+        http: &reqwest::Client,
+        id_token: &str,
+        e: &Expect<'_>,
+    ) -> Result<IdClaims, OAuthError> {
+        let token = CoreIdToken::from_str(id_token).map_err(|_| refused("malformed"))?;
+        let keys = self.keys(http, e, false).await?;
+        match check(&token, keys, e) {
+            Err(ClaimsVerificationError::SignatureVerification(
+                SignatureVerificationError::NoMatchingKey,
+            )) => {
+                let keys = self.keys(http, e, true).await?;
+                check(&token, keys, e).map_err(|err| reason(&err))
+            }
+            other => other.map_err(|err| reason(&err)),
+        }
+    }
+}
+
+fn reason(err: &ClaimsVerificationError) -> OAuthError {
+    refused(match err {
+        ClaimsVerificationError::Expired(_) => "expired",
+        ClaimsVerificationError::InvalidAudience(_) => "audience",
+        ClaimsVerificationError::InvalidIssuer(_) => "issuer",
+        ClaimsVerificationError::InvalidNonce(_) => "nonce",
+        ClaimsVerificationError::SignatureVerification(_) => "signature",
+        _ => "invalid",
+    })
+}
+
+fn check(
+    token: &CoreIdToken,
+    keys: CoreJsonWebKeySet,
+    e: &Expect<'_>,
+) -> Result<IdClaims, ClaimsVerificationError> {
+    let issuer = IssuerUrl::new(e.issuer.to_owned())
+        .map_err(|_| ClaimsVerificationError::InvalidIssuer("bad issuer".into()))?;
+    let now = e.now;
+    let verifier =
+        CoreIdTokenVerifier::new_public_client(ClientId::new(e.client_id.to_owned()), issuer, keys)
+            .set_allowed_algs(ALLOWED_ALGS)
+            .set_time_fn(move || {
+                chrono::DateTime::from_timestamp(now - SKEW, 0).unwrap_or_default()
+            })
+            .set_issue_time_verifier_fn(move |iat| {
+                let iat = iat.timestamp();
+                if iat > now + SKEW || iat < now - MAX_AGE {
+                    Err("outside the accepted window".into())
+                } else {
+                    Ok(())
+                }
+            });
+    let claims = token.claims(&verifier, &Nonce::new(e.nonce.to_owned()))?;
+    let aud_count = claims.audiences().len();
+    match claims.authorized_party() {
+        Some(azp) if azp.as_str() != e.client_id => {
+            return Err(ClaimsVerificationError::InvalidAudience(
+                "azp is another client".into(),
+            ));
+        }
+        None if aud_count > 1 => {
+            return Err(ClaimsVerificationError::InvalidAudience(
+                "several audiences and no azp".into(),
+            ));
+        }
+        _ => {}
+    }
+    Ok(IdClaims {
+        subject: claims.subject().as_str().to_owned(),
+        email: claims.email().map(|m| m.as_str().to_owned()),
+        email_verified: claims.email_verified().unwrap_or(false),
+        name: claims
+            .name()
+            .and_then(|n| n.get(None))
+            .map(|n| n.as_str().to_owned()),
+    })
+}

@@ -1,0 +1,250 @@
+//! OpenID Connect sign-in against an in-process provider that publishes discovery and a
+//! JWKS and signs real RS256 ID tokens; one test per ID-token attack, and key rollover.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Form, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use openidconnect::core::{
+    CoreIdToken, CoreIdTokenClaims, CoreJsonWebKeySet, CoreJwsSigningAlgorithm,
+    CoreRsaPrivateSigningKey,
+};
+use openidconnect::{
+    Audience, EmptyAdditionalClaims, EndUserEmail, IssuerUrl, JsonWebKeyId, Nonce,
+    PrivateSigningKey, StandardClaims, SubjectIdentifier,
+};
+use serde_json::json;
+use strongbox::clock::{Clock, SystemClock};
+
+use crate::oauth::Browser;
+use crate::support::{Engine, Site};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Good,
+    WrongNonce,
+    WrongIssuer,
+    WrongAudience,
+    Expired,
+    Unsigned,
+    RolledKey,
+}
+
+struct Idp {
+    base: String,
+    mode: Mode,
+    /// code -> nonce
+    codes: HashMap<String, String>,
+    keys: Vec<CoreRsaPrivateSigningKey>,
+    /// How many keys the JWKS publishes.
+    published: usize,
+    jwks_fetches: usize,
+}
+
+type Shared = Arc<Mutex<Idp>>;
+
+fn key(pem: &str, kid: &str) -> CoreRsaPrivateSigningKey {
+    CoreRsaPrivateSigningKey::from_pem(pem, Some(JsonWebKeyId::new(kid.into()))).unwrap()
+}
+
+async fn discovery(State(s): State<Shared>) -> Response {
+    let base = s.lock().unwrap().base.clone();
+    axum::Json(json!({
+        "issuer": base, "authorization_endpoint": format!("{base}/authorize"), "token_endpoint": format!("{base}/token"),
+        "jwks_uri": format!("{base}/jwks"), "response_types_supported": ["code"], "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+    }))
+    .into_response()
+}
+
+async fn jwks(State(s): State<Shared>) -> Response {
+    let mut st = s.lock().unwrap();
+    st.jwks_fetches += 1;
+    let keys = st
+        .keys
+        .iter()
+        .take(st.published)
+        .map(|k| k.as_verification_key())
+        .collect();
+    axum::Json(CoreJsonWebKeySet::new(keys)).into_response()
+}
+
+async fn authorize(State(s): State<Shared>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let code = format!("code-{}", uuid::Uuid::new_v4().simple());
+    s.lock()
+        .unwrap()
+        .codes
+        .insert(code.clone(), q["nonce"].clone());
+    Redirect::to(&format!(
+        "{}?code={code}&state={}",
+        q["redirect_uri"], q["state"]
+    ))
+    .into_response()
+}
+
+async fn token(State(s): State<Shared>, Form(f): Form<HashMap<String, String>>) -> Response {
+    let mut st = s.lock().unwrap();
+    let Some(nonce) = st.codes.remove(&f["code"]) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": "invalid_grant"})),
+        )
+            .into_response();
+    };
+    let now = chrono::Utc::now();
+    let (iss, aud, exp, nonce) = match st.mode {
+        Mode::WrongIssuer => (
+            "https://evil.example".to_owned(),
+            "cid",
+            now + chrono::Duration::minutes(5),
+            nonce,
+        ),
+        Mode::WrongAudience => (
+            st.base.clone(),
+            "other-client",
+            now + chrono::Duration::minutes(5),
+            nonce,
+        ),
+        Mode::Expired => (
+            st.base.clone(),
+            "cid",
+            now - chrono::Duration::minutes(5),
+            nonce,
+        ),
+        Mode::WrongNonce => (
+            st.base.clone(),
+            "cid",
+            now + chrono::Duration::minutes(5),
+            "replayed".to_owned(),
+        ),
+        _ => (
+            st.base.clone(),
+            "cid",
+            now + chrono::Duration::minutes(5),
+            nonce,
+        ),
+    };
+    let claims = CoreIdTokenClaims::new(
+        IssuerUrl::new(iss).unwrap(),
+        vec![Audience::new(aud.into())],
+        exp,
+        now,
+        StandardClaims::new(SubjectIdentifier::new("oidc-alice".into()))
+            .set_email(Some(EndUserEmail::new("alice@example.com".into())))
+            .set_email_verified(Some(true)),
+        EmptyAdditionalClaims {},
+    )
+    .set_nonce(Some(Nonce::new(nonce)));
+    let signer = if st.mode == Mode::RolledKey {
+        &st.keys[1]
+    } else {
+        &st.keys[0]
+    };
+    let id_token = CoreIdToken::new(
+        claims,
+        signer,
+        CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256,
+        None,
+        None,
+    )
+    .unwrap();
+    let mut jwt = id_token.to_string();
+    if st.mode == Mode::Unsigned {
+        // Re-header the same claims as alg "none" with no signature.
+        let payload = jwt.split('.').nth(1).unwrap().to_owned();
+        jwt = format!("eyJhbGciOiJub25lIn0.{payload}.");
+    }
+    axum::Json(json!({"access_token": format!("at-{}", uuid::Uuid::new_v4().simple()), "token_type": "Bearer",
+        "expires_in": 3600, "id_token": jwt}))
+    .into_response()
+}
+
+async fn start() -> Shared {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let shared = Arc::new(Mutex::new(Idp {
+        base,
+        mode: Mode::Good,
+        codes: HashMap::new(),
+        keys: vec![
+            key(include_str!("../fixtures/oidc-test-signing-key.pem"), "k1"),
+            key(
+                include_str!("../fixtures/oidc-test-signing-key-2.pem"),
+                "k2",
+            ),
+        ],
+        published: 1,
+        jwks_fetches: 0,
+    }));
+    let app = axum::Router::new()
+        .route("/.well-known/openid-configuration", get(discovery))
+        .route("/jwks", get(jwks))
+        .route("/authorize", get(authorize))
+        .route("/token", post(token))
+        .with_state(Arc::clone(&shared));
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    shared
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oidc_sign_in_and_id_token_attacks() {
+    let idp = start().await;
+    let base = idp.lock().unwrap().base.clone();
+    let site = Site::new(Engine::Sqlite).await.unwrap();
+    site.ok(&["keys", "init"]);
+    let config = strongbox::config::Config::from_toml(&format!(
+        "public_url = \"http://127.0.0.1:8080\"\n[providers.idp]\nkind = \"oidc\"\nissuer = \"{base}\"\n\
+         client_id = \"cid\"\nclient_secret = \"csecret\"\nlogin = true\n"
+    ))
+    .unwrap();
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let state =
+        strongbox::AppState::build(config, site.db().await, site.vault().await, clock).unwrap();
+    let b = Browser {
+        app: strongbox::app(state),
+    };
+
+    // Discovery, nonce in the request, a valid ID token: signed in as (idp, oidc-alice).
+    let start = b.send("GET", "/login/idp", None, &[]).await;
+    assert!(start.location.as_deref().unwrap().contains("nonce="));
+    let cookie = b.sign_in_with("idp").await.unwrap();
+    let me = b.send("GET", "/api/me", Some(&cookie), &[]).await;
+    assert_eq!(me.body["identities"][0]["subject"], "oidc-alice");
+    assert_eq!(me.body["identities"][0]["email"], "alice@example.com");
+
+    for (mode, why) in [
+        (Mode::WrongNonce, "id_token_nonce"),
+        (Mode::WrongIssuer, "id_token_issuer"),
+        (Mode::WrongAudience, "id_token_audience"),
+        (Mode::Expired, "id_token_expired"),
+        (Mode::Unsigned, "id_token_signature"),
+    ] {
+        idp.lock().unwrap().mode = mode;
+        let refused = b.sign_in_with("idp").await.unwrap_err();
+        assert_eq!(refused.body["code"], "provider_error", "{mode:?}");
+        assert!(
+            refused.body["detail"].as_str().unwrap().contains(why),
+            "{mode:?}: {}",
+            refused.body
+        );
+    }
+
+    // Key rollover: a token signed by a key the cached JWKS lacks triggers one refetch.
+    let fetches = idp.lock().unwrap().jwks_fetches;
+    {
+        let mut st = idp.lock().unwrap();
+        st.mode = Mode::RolledKey;
+        st.published = 2;
+    }
+    b.sign_in_with("idp").await.unwrap();
+    assert_eq!(idp.lock().unwrap().jwks_fetches, fetches + 1);
+    b.sign_in_with("idp").await.unwrap();
+    assert_eq!(
+        idp.lock().unwrap().jwks_fetches,
+        fetches + 1,
+        "cached after rollover"
+    );
+}
