@@ -26,6 +26,10 @@ pub enum Error {
     NotFound,
     #[error("sign in first")]
     Unauthorized,
+    #[error("too many requests; retry after {0} s")]
+    RateLimited(u64),
+    #[error("the request is too large")]
+    TooLarge,
     #[error("the provider is unavailable; the connection is kept and marked for retry")]
     ProviderUnavailable,
     #[error("this request needs a same-origin Origin and the CSRF token")]
@@ -94,6 +98,16 @@ impl Error {
                 "provider_unavailable",
                 "Provider unavailable",
             ),
+            Error::RateLimited(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "Too many requests",
+            ),
+            Error::TooLarge => (
+                StatusCode::URI_TOO_LONG,
+                "request_too_large",
+                "Request too large",
+            ),
             Error::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "Sign in first"),
             Error::Csrf => (
                 StatusCode::FORBIDDEN,
@@ -130,7 +144,14 @@ impl IntoResponse for Error {
         }
         let status =
             StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let retry_after = match &self {
+            Error::RateLimited(seconds) => Some(*seconds),
+            _ => None,
+        };
         let mut resp = (status, Json(problem)).into_response();
+        if let Some(v) = retry_after.and_then(|s| HeaderValue::from_str(&s.to_string()).ok()) {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),

@@ -1,6 +1,7 @@
 //! The HTTP surface: router, shared state and response-wide layers.
 
 pub mod browser;
+pub mod guard;
 mod ops;
 pub mod serve;
 
@@ -27,6 +28,7 @@ pub struct AppState {
     pub vault: Arc<Vault>,
     pub sessions: Arc<Sessions>,
     pub oauth: Arc<OAuth>,
+    pub limiter: Arc<guard::RateLimiter>,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -69,6 +71,8 @@ impl AppState {
             vault,
             sessions,
             oauth: Arc::new(oauth),
+            // Sign-in routes: a burst of 20, then one request a second per address.
+            limiter: Arc::new(guard::RateLimiter::new(1.0, 20)),
             clock,
         })
     }
@@ -76,13 +80,19 @@ impl AppState {
 
 /// The whole router.
 pub fn app(state: AppState) -> Router {
+    let sign_in = Router::new()
+        .route("/login/{provider}", get(browser::login))
+        .route("/connect/{provider}", get(browser::connect))
+        .route("/oauth/callback/{provider}", get(browser::callback))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            guard::rate_limit,
+        ));
     Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
-        .route("/login/{provider}", get(browser::login))
-        .route("/connect/{provider}", get(browser::connect))
-        .route("/oauth/callback/{provider}", get(browser::callback))
+        .merge(sign_in)
         .route("/logout", post(browser::logout))
         .route("/api/me", get(browser::me))
         .route(
@@ -91,14 +101,29 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/api/connections", get(browser::connections))
         .route("/api/connections/{id}", delete(browser::disconnect))
-        .layer(middleware::from_fn(security_headers))
+        .layer(axum::extract::DefaultBodyLimit::max(guard::MAX_BODY))
+        .layer(middleware::from_fn(guard::limit_query))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            security_headers,
+        ))
         .with_state(state)
 }
 
 /// Headers every response carries.
-async fn security_headers(req: axum::extract::Request, next: Next) -> Response {
+async fn security_headers(
+    axum::extract::State(app): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: Next,
+) -> Response {
     let mut resp = next.run(req).await;
     let h = resp.headers_mut();
+    if app.config.https {
+        h.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000; includeSubDomains"),
+        );
+    }
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
@@ -109,8 +134,12 @@ async fn security_headers(req: axum::extract::Request, next: Next) -> Response {
     );
     h.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
+             frame-ancestors 'none'; base-uri 'none'",
+        ),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
     resp
 }

@@ -32,9 +32,12 @@ pub async fn run(config: Config) -> Result<ExitCode, CliError> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let state = AppState::build(config, db.clone(), Arc::new(vault), clock)?;
     tracing::info!(%addr, backend = db.backend().name(), primary_kek = primary, "strongbox listening");
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    axum::serve(
+        listener,
+        app(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await?;
     db.close().await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)

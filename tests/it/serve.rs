@@ -130,3 +130,57 @@ async fn readyz_fails_with_the_wrong_root_key() {
     assert_eq!(problem["code"], "not_ready");
     assert_eq!(problem["status"], 503);
 }
+
+#[tokio::test]
+async fn limits_and_security_headers() {
+    let site = Site::new(Engine::Sqlite).await.unwrap();
+    site.ok(&["keys", "init"]);
+    let clock: std::sync::Arc<dyn strongbox::clock::Clock> =
+        std::sync::Arc::new(strongbox::clock::SystemClock);
+    let config =
+        strongbox::config::Config::from_toml("public_url = \"https://vault.example\"").unwrap();
+    let state =
+        strongbox::AppState::build(config, site.db().await, site.vault().await, clock).unwrap();
+    let app = strongbox::app(state);
+    let get = |uri: String| {
+        let app = app.clone();
+        async move {
+            app.oneshot(Request::get(uri).body(Body::empty()).unwrap())
+                .await
+                .unwrap()
+        }
+    };
+    let resp = get(format!("/login/google?return_to=/{}", "a".repeat(5000))).await;
+    assert_eq!(resp.status(), StatusCode::URI_TOO_LONG);
+    let h = resp.headers();
+    assert!(
+        h["strict-transport-security"]
+            .to_str()
+            .unwrap()
+            .contains("max-age=")
+    );
+    assert!(
+        h["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("frame-ancestors 'none'")
+    );
+    assert_eq!(h["cache-control"], "no-store");
+    let mut limited = None;
+    for i in 0..40 {
+        let resp = get("/login/nope".into()).await;
+        if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some((
+                i,
+                resp.headers()["retry-after"].to_str().unwrap().to_owned(),
+            ));
+            break;
+        }
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    }
+    let (after, retry) = limited.expect("rate limited");
+    assert_eq!(after, 20, "a burst of 20 is allowed");
+    assert!(retry.parse::<u64>().unwrap() >= 1);
+    // Operations routes are not rate-limited.
+    assert_eq!(get("/healthz".into()).await.status(), StatusCode::OK);
+}
