@@ -107,7 +107,7 @@ impl FromRequestParts<AppState> for SignedIn {
 }
 
 /// Refuses a state-changing request that is not same-origin or lacks the CSRF token.
-fn require_csrf(
+pub(crate) fn require_csrf(
     app: &AppState,
     headers: &HeaderMap,
     token: &SessionToken,
@@ -290,13 +290,8 @@ pub async fn sessions(State(app): State<AppState>, me: SignedIn) -> Result<Json<
     Ok(Json(json!({ "sessions": sessions })))
 }
 
-/// `DELETE /api/sessions` — sign out everywhere.
-pub async fn end_all_sessions(
-    State(app): State<AppState>,
-    me: SignedIn,
-    headers: HeaderMap,
-) -> Result<Response, Error> {
-    require_csrf(&app, &headers, &me.token, None)?;
+/// Ends every session of the signed-in user, audited.
+pub(crate) async fn end_all(app: &AppState, me: &SignedIn) -> Result<(), Error> {
     let mut tx = app.db.begin().await?;
     let ended = app.sessions.end_all(&mut tx, &me.user_id).await?;
     let event = Event::new(
@@ -307,6 +302,17 @@ pub async fn end_all_sessions(
     .detail(json!({ "sessions": ended }));
     audit::append(&mut tx, app.clock.unix_ms(), event).await?;
     tx.commit().await?;
+    Ok(())
+}
+
+/// `DELETE /api/sessions` — sign out everywhere.
+pub async fn end_all_sessions(
+    State(app): State<AppState>,
+    me: SignedIn,
+    headers: HeaderMap,
+) -> Result<Response, Error> {
+    require_csrf(&app, &headers, &me.token, None)?;
+    end_all(&app, &me).await?;
     let mut resp = StatusCode::NO_CONTENT.into_response();
     resp.headers_mut()
         .insert(header::SET_COOKIE, clear_cookie(app.config.https));

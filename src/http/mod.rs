@@ -3,6 +3,7 @@
 pub mod browser;
 pub mod guard;
 mod ops;
+pub mod pages;
 pub mod serve;
 
 use std::sync::Arc;
@@ -89,6 +90,10 @@ pub fn app(state: AppState) -> Router {
             guard::rate_limit,
         ));
     Router::new()
+        .route("/", get(pages::home))
+        .route("/static/app.css", get(pages::stylesheet))
+        .route("/connections/{id}/disconnect", post(pages::disconnect_form))
+        .route("/sessions/end-all", post(pages::end_all_form))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
@@ -102,6 +107,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/connections", get(browser::connections))
         .route("/api/connections/{id}", delete(browser::disconnect))
         .layer(axum::extract::DefaultBodyLimit::max(guard::MAX_BODY))
+        .layer(middleware::from_fn(pages::friendly_errors))
         .layer(middleware::from_fn(guard::limit_query))
         .layer(middleware::from_fn_with_state(
             state.clone(),

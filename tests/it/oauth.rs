@@ -174,6 +174,17 @@ pub(crate) struct Reply {
     pub(crate) body: Value,
 }
 
+/// A different client address per request, so the per-IP sign-in rate limit (tested on
+/// its own in `serve`) does not throttle these flows.
+fn next_peer() -> axum::extract::ConnectInfo<std::net::SocketAddr> {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    axum::extract::ConnectInfo(std::net::SocketAddr::from((
+        std::net::Ipv4Addr::from(0x0a00_0000 | n),
+        40_000,
+    )))
+}
+
 impl Browser {
     pub(crate) async fn send(
         &self,
@@ -182,7 +193,10 @@ impl Browser {
         cookie: Option<&str>,
         extra: &[(&str, &str)],
     ) -> Reply {
-        let mut req = Request::builder().method(method).uri(uri);
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .extension(next_peer());
         if let Some(c) = cookie {
             req = req.header(header::COOKIE, format!("strongbox={c}"));
         }
@@ -226,6 +240,45 @@ impl Browser {
             cookie,
             body,
         }
+    }
+
+    /// A request with a form body; returns status, content type and the body as text.
+    pub(crate) async fn raw(
+        &self,
+        method: &str,
+        uri: &str,
+        cookie: Option<&str>,
+        extra: &[(&str, &str)],
+        form: &str,
+    ) -> (StatusCode, String, String) {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .extension(next_peer());
+        if let Some(c) = cookie {
+            req = req.header(header::COOKIE, format!("strongbox={c}"));
+        }
+        if !form.is_empty() {
+            req = req.header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+        }
+        for (k, v) in extra {
+            req = req.header(*k, *v);
+        }
+        let resp = self
+            .app
+            .clone()
+            .oneshot(req.body(Body::from(form.to_owned())).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let ctype = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map_or(String::new(), |v| v.to_str().unwrap().to_owned());
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, ctype, String::from_utf8(bytes.to_vec()).unwrap())
     }
 
     /// Follows the provider's authorize redirect and returns our callback path and query.
@@ -307,6 +360,31 @@ async fn flows(site: Site) {
     let csrf = me.body["csrf_token"].as_str().unwrap().to_owned();
     let sealed = vault.load(&user_id, "acme").await.unwrap().unwrap();
     assert_eq!(sealed.scopes(), ["openid", "email"]);
+
+    // The pages: sign-in buttons, the account page with its forms, friendly errors.
+    let (status, ctype, html) = b.raw("GET", "/", None, &[], "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        ctype.starts_with("text/html") && html.contains("href=\"/login/acme\""),
+        "{html}"
+    );
+    let (_, _, html) = b.raw("GET", "/", Some(&alice), &[], "").await;
+    assert!(
+        html.contains("Your account") && html.contains("alice-sub") && html.contains("Disconnect")
+    );
+    assert!(
+        html.contains(&format!("value=\"{csrf}\"")),
+        "forms carry the CSRF token"
+    );
+    assert!(!html.contains("<script"), "no JavaScript");
+    let (status, ctype, html) = b
+        .raw("GET", "/login/nope", None, &[("accept", "text/html")], "")
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(
+        ctype.starts_with("text/html") && html.contains("unknown_provider"),
+        "{html}"
+    );
 
     // The same state twice, or from another browser, or without a cookie: refused.
     let replay = b.send("GET", &callback, Some(&alice), &[]).await;
@@ -533,6 +611,20 @@ async fn flows(site: Site) {
     assert_eq!(
         b.send("GET", "/api/me", Some(&alice2), &[]).await.status,
         StatusCode::UNAUTHORIZED
+    );
+    let (status, _, _) = b
+        .raw(
+            "POST",
+            "/sessions/end-all",
+            Some(&alice),
+            &[("origin", "https://evil.example")],
+            &format!("csrf_token={csrf}"),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "cross-origin form post refused"
     );
     let r = b
         .send(
