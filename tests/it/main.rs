@@ -13,5 +13,6 @@ mod kat;
 mod leak;
 mod oauth;
 mod oidc;
+mod quirks;
 mod serve;
 mod support;
