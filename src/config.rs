@@ -404,6 +404,26 @@ impl Config {
         if !self.https {
             return Ok(());
         }
+        for (name, p) in &self.providers {
+            let urls = [
+                &p.authorize_url,
+                &p.token_url,
+                &p.userinfo_url,
+                &p.revocation_url,
+                &p.issuer,
+                &p.jwks_url,
+            ];
+            if urls
+                .into_iter()
+                .flatten()
+                .any(|u| !u.starts_with("https://"))
+            {
+                return Err(invalid(
+                    format!("providers.{name}"),
+                    "provider endpoints must be https:// when public_url is https",
+                ));
+            }
+        }
         if let Some((name, _)) = self.providers.iter().find(|(_, p)| p.has_inline_secret()) {
             return Err(invalid(
                 format!("providers.{name}.client_secret"),
@@ -512,6 +532,12 @@ mod tests {
         assert!(err.contains("providers.acme.client_secret"));
         assert!(!err.contains("hunter2"));
         assert!(!format!("{c:?}").contains("hunter2"));
+        let c = Config::from_toml(
+            "public_url = \"https://v.example\"\n[providers.google]\nclient_id = \"x\"\ntoken_url = \"http://10.0.0.1/token\"",
+        )
+        .unwrap();
+        let err = c.production_guards().unwrap_err().to_string();
+        assert!(err.contains("must be https://"), "{err}");
     }
 
     #[test]

@@ -27,7 +27,7 @@ use crate::providers::{ClientAuth, Provider};
 use crate::secret::{AccessToken, ClientSecret, IdToken, RefreshToken, SessionToken};
 use crate::sessions::{Session, Sessions};
 use crate::store::identities::{self, FlowRow, IdentityRow};
-use crate::store::{Db, users};
+use crate::store::{Conn, Db, users};
 use crate::vault::{TokenSet, Vault};
 
 /// How long a started flow may take.
@@ -275,10 +275,11 @@ impl OAuth {
         b64(&hmac_sha256(self.flow_key.as_slice(), &msg))
     }
 
-    /// Starts a flow for the browser session `session` and returns the provider URL to
-    /// send the browser to.
+    /// Starts a flow for the browser session `session` inside the caller's transaction and
+    /// returns the provider URL to send the browser to.
     pub async fn start(
         &self,
+        conn: &mut Conn,
         session: &SessionToken,
         provider: &str,
         purpose: Purpose,
@@ -309,9 +310,9 @@ impl OAuth {
             return_to: safe_return_to(return_to),
             expires_at: self.clock.unix() + FLOW_TTL,
         };
-        let mut tx = self.db.begin().await?;
-        identities::insert_flow(&mut tx, &sha256(&[state.as_bytes()]), &flow).await?;
-        tx.commit().await?;
+        // Endpoints first: discovery may go to the network, never while holding the lock.
+        let endpoints = self.endpoints(c).await?;
+        identities::insert_flow(conn, &sha256(&[state.as_bytes()]), &flow).await?;
         let verifier = self.derived("pkce:", &state);
         let challenge = b64(&sha256(&[verifier.as_bytes()]));
         let mut params = vec![
@@ -326,7 +327,7 @@ impl OAuth {
         if p.kind == crate::providers::Kind::Oidc {
             params.push(("nonce", self.derived("nonce:", &state)));
         }
-        let mut url = self.endpoints(c).await?.authorize;
+        let mut url = endpoints.authorize;
         url.push(if url.contains('?') { '&' } else { '?' });
         let mut first = true;
         let extra = p
@@ -355,8 +356,7 @@ impl OAuth {
         let session = session.ok_or(OAuthError::InvalidState)?;
         let state = cb.state.as_deref().ok_or(OAuthError::InvalidState)?;
         let mut tx = self.db.begin().await?;
-        let flow =
-            identities::take_flow(&mut tx, self.db.backend(), &sha256(&[state.as_bytes()])).await?;
+        let flow = identities::take_flow(&mut tx, &sha256(&[state.as_bytes()])).await?;
         // The state is spent whatever happens next.
         tx.commit().await?;
         let flow = flow.ok_or(OAuthError::InvalidState)?;
@@ -374,6 +374,13 @@ impl OAuth {
             Some(user_id) if flow.purpose == "connect" => Purpose::Connect { user_id },
             _ => Purpose::Login,
         };
+        // A connection is only added for a session that is still signed in as its user.
+        if let Purpose::Connect { user_id } = &purpose {
+            let live = self.sessions.resume(session).await?;
+            if live.and_then(|s| s.user_id).as_deref() != Some(user_id.as_str()) {
+                return Err(OAuthError::InvalidState);
+            }
+        }
         let c = self.client(provider, &purpose)?;
         // RFC 9207: where the provider names itself, it must be the one we asked.
         if let (Some(iss), Some(expected)) = (cb.iss.as_deref(), c.provider.issuer.as_deref())

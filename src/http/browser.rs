@@ -149,18 +149,16 @@ pub async fn login(
     Path(provider): Path<String>,
     Query(q): Query<LoginQuery>,
 ) -> Result<Response, Error> {
+    // One transaction: an unknown provider leaves no session and no flow behind.
+    let mut tx = app.db.begin().await?;
     let (token, fresh) = match current {
         Some(s) => (s.token, false),
-        None => {
-            let mut tx = app.db.begin().await?;
-            let (token, _) = app.sessions.start(&mut tx, None).await?;
-            tx.commit().await?;
-            (token, true)
-        }
+        None => (app.sessions.start(&mut tx, None).await?.0, true),
     };
     let url = app
         .oauth
         .start(
+            &mut tx,
             &token,
             &provider,
             Purpose::Login,
@@ -168,6 +166,7 @@ pub async fn login(
             q.return_to.as_deref(),
         )
         .await?;
+    tx.commit().await?;
     let mut resp = redirect(&url);
     if fresh {
         resp.headers_mut()
@@ -200,9 +199,11 @@ pub async fn connect(
     let purpose = Purpose::Connect {
         user_id: me.user_id,
     };
+    let mut tx = app.db.begin().await?;
     let url = app
         .oauth
         .start(
+            &mut tx,
             &me.token,
             &provider,
             purpose,
@@ -210,6 +211,7 @@ pub async fn connect(
             q.return_to.as_deref(),
         )
         .await?;
+    tx.commit().await?;
     Ok(redirect(&url))
 }
 

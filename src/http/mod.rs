@@ -16,6 +16,7 @@ use axum::routing::{delete, get, post};
 
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::error::Error;
 use crate::oauth::OAuth;
 use crate::sessions::Sessions;
 use crate::store::Db;
@@ -106,6 +107,7 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/api/connections", get(browser::connections))
         .route("/api/connections/{id}", delete(browser::disconnect))
+        .fallback(|| async { Error::NotFound })
         .layer(axum::extract::DefaultBodyLimit::max(guard::MAX_BODY))
         .layer(middleware::from_fn(pages::friendly_errors))
         .layer(middleware::from_fn(guard::limit_query))

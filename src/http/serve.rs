@@ -31,6 +31,7 @@ pub async fn run(config: Config) -> Result<ExitCode, CliError> {
     let addr = listener.local_addr()?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let state = AppState::build(config, db.clone(), Arc::new(vault), clock)?;
+    tokio::spawn(housekeeping(state.clone()));
     tracing::info!(%addr, backend = db.backend().name(), primary_kek = primary, "strongbox listening");
     axum::serve(
         listener,
@@ -41,6 +42,20 @@ pub async fn run(config: Config) -> Result<ExitCode, CliError> {
     db.close().await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Every ten minutes: delete sessions past their timeouts and expired sign-in flows.
+async fn housekeeping(app: AppState) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(600));
+    loop {
+        tick.tick().await;
+        let sessions = app.sessions.purge().await;
+        let flows = crate::store::identities::purge_flows(app.db.pool(), app.clock.unix()).await;
+        match (sessions, flows) {
+            (Ok(s), Ok(f)) => tracing::debug!(sessions = s, flows = f, "purged expired records"),
+            (Err(e), _) | (_, Err(e)) => tracing::warn!(error = %e, "housekeeping failed"),
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -2,7 +2,7 @@
 
 use sqlx::Row;
 
-use super::{Backend, Conn};
+use super::Conn;
 
 /// The user an identity belongs to, if known.
 pub async fn user_of(
@@ -122,25 +122,20 @@ pub async fn insert_flow(
     Ok(())
 }
 
-/// Takes a flow out: reads and deletes it in one transaction, so a state works once.
-pub async fn take_flow(
-    conn: &mut Conn,
-    backend: Backend,
-    state_hash: &[u8],
-) -> Result<Option<FlowRow>, sqlx::Error> {
-    let sql = format!(
-        "SELECT session_hash, provider, purpose, user_id, scopes, return_to, expires_at \
-         FROM oauth_flow WHERE state_hash = $1{}",
-        backend.for_update()
-    );
-    let Some(r) = sqlx::query(&sql)
-        .bind(state_hash)
-        .fetch_optional(&mut *conn)
-        .await?
+/// Takes a flow out: deletes it and returns what it held, in one statement, so a state
+/// works once even under concurrent callbacks.
+pub async fn take_flow(conn: &mut Conn, state_hash: &[u8]) -> Result<Option<FlowRow>, sqlx::Error> {
+    let Some(r) = sqlx::query(
+        "DELETE FROM oauth_flow WHERE state_hash = $1 \
+         RETURNING session_hash, provider, purpose, user_id, scopes, return_to, expires_at",
+    )
+    .bind(state_hash)
+    .fetch_optional(conn)
+    .await?
     else {
         return Ok(None);
     };
-    let flow = FlowRow {
+    Ok(Some(FlowRow {
         session_hash: r.try_get("session_hash")?,
         provider: r.try_get("provider")?,
         purpose: r.try_get("purpose")?,
@@ -148,10 +143,17 @@ pub async fn take_flow(
         scopes: r.try_get("scopes")?,
         return_to: r.try_get("return_to")?,
         expires_at: r.try_get("expires_at")?,
-    };
-    sqlx::query("DELETE FROM oauth_flow WHERE state_hash = $1")
-        .bind(state_hash)
-        .execute(conn)
-        .await?;
-    Ok(Some(flow))
+    }))
+}
+
+/// Removes flows past their expiry; returns how many.
+pub async fn purge_flows<'e, E>(e: E, now: i64) -> Result<u64, sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    Ok(sqlx::query("DELETE FROM oauth_flow WHERE expires_at <= $1")
+        .bind(now)
+        .execute(e)
+        .await?
+        .rows_affected())
 }
