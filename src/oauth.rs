@@ -160,6 +160,19 @@ pub fn form_encode(s: &str) -> String {
     out
 }
 
+/// `client_secret_basic` (RFC 6749 §2.3.1): both parts form-encoded, then base64.
+pub(crate) fn basic_auth(client_id: &str, secret: &ClientSecret) -> Zeroizing<String> {
+    let creds = Zeroizing::new(format!(
+        "{}:{}",
+        form_encode(client_id),
+        form_encode(secret.reveal())
+    ));
+    Zeroizing::new(format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(creds.as_bytes())
+    ))
+}
+
 /// Keeps only characters that can be shown safely from a provider's error code.
 fn sanitize(code: &str) -> String {
     code.chars()
@@ -601,18 +614,7 @@ impl OAuth {
             .header("Accept", "application/json");
         match (p.client_auth, &c.secret) {
             (ClientAuth::Basic, Some(secret)) => {
-                let creds = format!(
-                    "{}:{}",
-                    form_encode(&c.client_id),
-                    form_encode(secret.reveal())
-                );
-                req = req.header(
-                    "Authorization",
-                    format!(
-                        "Basic {}",
-                        base64::engine::general_purpose::STANDARD.encode(creds)
-                    ),
-                );
+                req = req.header("Authorization", basic_auth(&c.client_id, secret).as_str());
             }
             (ClientAuth::Post, Some(secret)) => {
                 form.push(("client_id", c.client_id.clone()));

@@ -1,11 +1,8 @@
 //! Token revocation at the provider (RFC 7009). It needs the plaintext token, so it lives
 //! with the executor: the token goes from the vault straight into the request body.
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
-
 use super::Executor;
-use crate::oauth::form_encode;
+use crate::oauth::{basic_auth, form_encode};
 use crate::providers::ClientAuth;
 use crate::secret::ClientSecret;
 use crate::vault::{SealedCredential, VaultError};
@@ -61,12 +58,7 @@ impl Executor {
             .header("Content-Type", "application/x-www-form-urlencoded")
             .header("Accept", "application/json");
         if let (ClientAuth::Basic, Some(secret)) = (r.auth, r.secret) {
-            let creds = format!(
-                "{}:{}",
-                form_encode(r.client_id),
-                form_encode(secret.reveal())
-            );
-            req = req.header("Authorization", format!("Basic {}", STANDARD.encode(creds)));
+            req = req.header("Authorization", basic_auth(r.client_id, secret).as_str());
         }
         Ok(match req.body(body.to_string()).send().await {
             Ok(resp) if resp.status().is_success() => Revoked::Done,

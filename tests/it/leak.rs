@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use crate::support::{Engine, Site, seed};
+use crate::support::{Site, seed};
 
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
@@ -76,26 +76,7 @@ async fn no_token_in_the_clear(site: Site) {
         "a log line leaked a token"
     );
 
-    let mut at_rest = Vec::new();
-    match site.engine {
-        Engine::Sqlite => {
-            for entry in std::fs::read_dir(site.path().join("data")).unwrap() {
-                at_rest.extend(std::fs::read(entry.unwrap().path()).unwrap());
-            }
-        }
-        Engine::Postgres => {
-            let out = std::process::Command::new("pg_dump")
-                .arg(&site.url)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            at_rest = out.stdout;
-        }
-    }
+    let at_rest = crate::support::at_rest(&site);
     assert!(at_rest.len() > 10_000, "scanned {} bytes", at_rest.len());
     assert!(
         hits(&at_rest, &["p0".to_owned()]).len() == 1,

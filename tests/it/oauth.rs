@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use strongbox::clock::{Clock, SystemClock};
 use tower::ServiceExt;
 
-use crate::support::{Engine as Backend, Site};
+use crate::support::Site;
 
 #[derive(Default)]
 struct ProviderState {
@@ -644,21 +644,7 @@ async fn flows(site: Site) {
     // No token the provider issued is stored in the clear.
     let issued = provider.lock().unwrap().issued.clone();
     assert!(issued.len() >= 8);
-    let mut at_rest = Vec::new();
-    match site.engine {
-        Backend::Sqlite => {
-            for entry in std::fs::read_dir(site.path().join("data")).unwrap() {
-                at_rest.extend(std::fs::read(entry.unwrap().path()).unwrap());
-            }
-        }
-        Backend::Postgres => {
-            at_rest = std::process::Command::new("pg_dump")
-                .arg(&site.url)
-                .output()
-                .unwrap()
-                .stdout
-        }
-    }
+    let at_rest = crate::support::at_rest(&site);
     for t in &issued {
         assert!(
             !at_rest.windows(t.len()).any(|w| w == t.as_bytes()),

@@ -227,3 +227,28 @@ pub fn fixed_root(byte: u8) -> RootKey {
 pub fn status_json(site: &Site) -> serde_json::Value {
     serde_json::from_str(&site.ok(&["keys", "status", "--json"])).unwrap()
 }
+
+/// Every byte the site stores: the SQLite files, or a `pg_dump` of its database.
+pub fn at_rest(site: &Site) -> Vec<u8> {
+    match site.engine {
+        Engine::Sqlite => {
+            let mut bytes = Vec::new();
+            for entry in std::fs::read_dir(site.path().join("data")).unwrap() {
+                bytes.extend(std::fs::read(entry.unwrap().path()).unwrap());
+            }
+            bytes
+        }
+        Engine::Postgres => {
+            let out = std::process::Command::new("pg_dump")
+                .arg(&site.url)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            out.stdout
+        }
+    }
+}
