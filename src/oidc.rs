@@ -57,6 +57,7 @@ pub struct IdClaims {
 }
 
 /// What one validation needs.
+#[derive(Clone, Copy)]
 pub struct Expect<'a> {
     pub provider: &'a str,
     pub jwks_url: &'a str,
@@ -140,6 +141,11 @@ impl Oidc {
         e: &Expect<'_>,
     ) -> Result<IdClaims, OAuthError> {
         let token = CoreIdToken::from_str(id_token).map_err(|_| refused("malformed"))?;
+        let tenant = tenant_issuer(e.issuer, id_token);
+        let e = &Expect {
+            issuer: tenant.as_deref().unwrap_or(e.issuer),
+            ..*e
+        };
         let keys = self.keys(http, e, false).await?;
         match check(&token, keys, e) {
             Err(ClaimsVerificationError::SignatureVerification(
@@ -151,6 +157,25 @@ impl Oidc {
             other => other.map_err(|err| reason(&err)),
         }
     }
+}
+
+/// Multi-tenant issuers (Microsoft's `…/common/v2.0`, `…/organizations/v2.0`) stand for
+/// `…/{tid}/v2.0`: the issuer to require is the configured one with the token's `tid`
+/// substituted. The `tid` is read before verification, but the signature then covers both
+/// it and `iss`, which must match the substituted issuer exactly.
+pub fn tenant_issuer(configured: &str, id_token: &str) -> Option<String> {
+    use base64::Engine;
+    let segment = ["/common/", "/organizations/", "/consumers/"]
+        .into_iter()
+        .find(|s| configured.contains(s))?;
+    let payload = id_token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let tid = claims.get("tid")?.as_str()?;
+    let is_guid = tid.len() == 36 && tid.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
+    is_guid.then(|| configured.replacen(segment, &format!("/{tid}/"), 1))
 }
 
 fn reason(err: &ClaimsVerificationError) -> OAuthError {
@@ -210,4 +235,35 @@ fn check(
             .and_then(|n| n.get(None))
             .map(|n| n.as_str().to_owned()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine;
+
+    use super::tenant_issuer;
+
+    fn token(claims: &str) -> String {
+        let b = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        format!("{}.{}.sig", b("{\"alg\":\"RS256\"}"), b(claims))
+    }
+
+    #[test]
+    fn microsoft_tenant_issuers() {
+        let common = "https://login.microsoftonline.com/common/v2.0";
+        let tid = "9188040d-6c67-4c5b-b112-36a304b66dad";
+        assert_eq!(
+            tenant_issuer(common, &token(&format!("{{\"tid\":\"{tid}\"}}"))).as_deref(),
+            Some("https://login.microsoftonline.com/9188040d-6c67-4c5b-b112-36a304b66dad/v2.0")
+        );
+        assert_eq!(tenant_issuer(common, &token("{\"tid\":\"../evil\"}")), None);
+        assert_eq!(tenant_issuer(common, &token("{}")), None);
+        assert_eq!(
+            tenant_issuer(
+                "https://accounts.google.com",
+                &token(&format!("{{\"tid\":\"{tid}\"}}"))
+            ),
+            None
+        );
+    }
 }
