@@ -507,14 +507,11 @@ impl OAuth {
             }
         }
         let actor = Actor::User(user_id.clone());
-        let connection = self
-            .vault
-            .store(&mut tx, &actor, &user_id, provider, &tokens)
+        let event = Event::new(kind, actor, format!("user:{user_id}"))
+            .detail(json!({ "scopes": tokens.scopes }));
+        self.vault
+            .store(&mut tx, event, &user_id, provider, &tokens)
             .await?;
-        let event = Event::new(kind, actor, format!("user:{user_id}")).detail(
-            json!({ "provider": provider, "connection": connection, "scopes": tokens.scopes }),
-        );
-        audit::append(&mut tx, self.clock.unix_ms(), event).await?;
         tx.commit().await?;
         Ok(Finished {
             user_id,

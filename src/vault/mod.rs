@@ -268,12 +268,13 @@ impl Vault {
     }
 
     /// Seals `tokens` as the (user, provider) connection inside the caller's transaction,
-    /// creating the row or replacing its token set, and audits the write. Returns the
-    /// connection id.
+    /// creating the row or replacing its token set, and appends `event` (the caller's
+    /// reason: sign-in, connect, refresh…) with the connection id and KEK version added to
+    /// its detail — one audit event per write. Returns the connection id.
     pub async fn store(
         &self,
         conn: &mut Conn,
-        actor: &Actor,
+        event: Event,
         user_id: &str,
         provider: &str,
         tokens: &TokenSet,
@@ -305,7 +306,7 @@ impl Vault {
                     now,
                 };
                 if conns::insert(conn, &new).await? {
-                    self.audit_store(conn, actor, &id, provider, version)
+                    self.audit_store(conn, event, &id, provider, version)
                         .await?;
                     return Ok(id);
                 }
@@ -340,7 +341,7 @@ impl Vault {
             now,
         };
         conns::replace(conn, &new).await?;
-        self.audit_store(conn, actor, &id, provider, version)
+        self.audit_store(conn, event, &id, provider, version)
             .await?;
         Ok(id)
     }
@@ -348,13 +349,19 @@ impl Vault {
     async fn audit_store(
         &self,
         conn: &mut Conn,
-        actor: &Actor,
+        mut event: Event,
         id: &str,
         provider: &str,
         version: i64,
     ) -> Result<(), VaultError> {
-        let event = Event::new(Kind::CredentialStored, actor.clone(), id)
-            .detail(serde_json::json!({ "provider": provider, "kek_version": version }));
+        if !event.detail.is_object() {
+            event.detail = serde_json::json!({});
+        }
+        if let Some(detail) = event.detail.as_object_mut() {
+            detail.insert("connection".into(), id.into());
+            detail.insert("provider".into(), provider.into());
+            detail.insert("kek_version".into(), version.into());
+        }
         audit::append(conn, self.clock.unix_ms(), event).await?;
         Ok(())
     }

@@ -30,6 +30,14 @@ fn tokens(access: &str) -> TokenSet {
     }
 }
 
+fn stored(uid: &str) -> crate::audit::Event {
+    crate::audit::Event::new(
+        crate::audit::Kind::CredentialStored,
+        Actor::System,
+        format!("user:{uid}"),
+    )
+}
+
 async fn user(v: &Vault, id: &str) {
     let mut tx = v.db().begin().await.unwrap();
     users::insert(&mut tx, id, 0).await.unwrap();
@@ -39,7 +47,7 @@ async fn user(v: &Vault, id: &str) {
 async fn put(v: &Vault, uid: &str, provider: &str, access: &str) -> String {
     let mut tx = v.db().begin().await.unwrap();
     let id = v
-        .store(&mut tx, &Actor::System, uid, provider, &tokens(access))
+        .store(&mut tx, stored(uid), uid, provider, &tokens(access))
         .await
         .unwrap();
     tx.commit().await.unwrap();

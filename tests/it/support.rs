@@ -6,7 +6,7 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 
 use sqlx::Executor;
-use strongbox::audit::Actor;
+use strongbox::audit::{Actor, Event, Kind};
 use strongbox::clock::{Clock, SystemClock};
 use strongbox::crypto::Key32;
 use strongbox::secret::{AccessToken, RefreshToken};
@@ -201,7 +201,7 @@ pub async fn seed(vault: &Arc<Vault>, users_n: usize, n: usize, prefix: &str) {
                     let (u, p) = (format!("user{}", i % users_n), format!("p{}", i / users_n));
                     v.store(
                         &mut tx,
-                        &Actor::System,
+                        Event::new(Kind::CredentialStored, Actor::System, format!("user:{u}")),
                         &u,
                         &p,
                         &tokens(&format!("{prefix}{i}")),
