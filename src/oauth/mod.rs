@@ -9,22 +9,28 @@
 //! Users are identified by (provider, subject); a second provider with the same email is
 //! linked only by a signed-in user connecting it, never merged silently.
 
+mod disconnect;
+mod wire;
+
+use wire::Person;
+pub(crate) use wire::get_json;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use serde_json::{Value, json};
+use serde_json::json;
 use zeroize::Zeroizing;
 
-use crate::audit::{self, Actor, Event, Kind as AuditKind};
+use crate::audit::{Actor, Event, Kind as AuditKind};
 use crate::clock::Clock;
 use crate::crypto::{fill_random, hmac_sha256, sha256};
-use crate::executor::{Executor, Revocation, Revoked};
+use crate::executor::Executor;
 use crate::oidc::{Expect, Oidc};
-use crate::providers::{ClientAuth, Provider};
-use crate::secret::{AccessToken, ClientSecret, IdToken, RefreshToken, SessionToken};
+use crate::providers::Provider;
+use crate::secret::{ClientSecret, SessionToken};
 use crate::sessions::{Session, Sessions};
 use crate::store::identities::{self, FlowRow, IdentityRow};
 use crate::store::{Conn, Db, users};
@@ -519,236 +525,6 @@ impl OAuth {
             return_to,
         })
     }
-
-    /// Disconnects one of `user_id`'s connections: revokes at the provider when it offers
-    /// RFC 7009 revocation, then erases the record. A provider answering 503 keeps the
-    /// record, marked for retry; any other revocation failure still erases it.
-    pub async fn disconnect(&self, user_id: &str, id: &str) -> Result<Disconnected, OAuthError> {
-        let sealed = self
-            .vault
-            .load_by_id(id)
-            .await?
-            .filter(|s| s.user_id() == user_id)
-            .ok_or(OAuthError::NoSuchConnection)?;
-        let client = self.clients.get(sealed.provider());
-        let outcome =
-            match client.and_then(|c| c.provider.revocation_url.as_deref().map(|u| (c, u))) {
-                Some((c, url)) => {
-                    let r = Revocation {
-                        url,
-                        client_id: &c.client_id,
-                        secret: c.secret.as_ref(),
-                        auth: c.provider.client_auth,
-                    };
-                    Some(self.executor.revoke(&self.http, &sealed, r).await?)
-                }
-                None => None,
-            };
-        let actor = Actor::User(user_id.to_owned());
-        let mut tx = self.db.begin().await?;
-        let result = match outcome {
-            Some(Revoked::Unavailable) => {
-                self.vault.set_status(&mut tx, id, "revoke_pending").await?;
-                Disconnected::PendingRetry
-            }
-            Some(Revoked::Failed(why)) => {
-                self.vault.delete(&mut tx, &actor, id).await?;
-                Disconnected::ErasedRevocationFailed(why)
-            }
-            Some(Revoked::Done) => {
-                self.vault.delete(&mut tx, &actor, id).await?;
-                Disconnected::Erased { revoked: true }
-            }
-            None => {
-                self.vault.delete(&mut tx, &actor, id).await?;
-                Disconnected::Erased { revoked: false }
-            }
-        };
-        let (outcome, detail) = match &result {
-            Disconnected::Erased { revoked } => {
-                (audit::Outcome::Success, json!({ "revoked": revoked }))
-            }
-            Disconnected::ErasedRevocationFailed(why) => (
-                audit::Outcome::Failure,
-                json!({ "revoked": false, "error": why }),
-            ),
-            Disconnected::PendingRetry => (
-                audit::Outcome::Failure,
-                json!({ "revoked": false, "pending": true }),
-            ),
-        };
-        let mut detail = detail;
-        if let Some(obj) = detail.as_object_mut() {
-            obj.insert("provider".into(), json!(sealed.provider()));
-        }
-        let event = Event::new(AuditKind::Disconnect, actor, format!("connection:{id}"))
-            .outcome(outcome)
-            .detail(detail);
-        audit::append(&mut tx, self.clock.unix_ms(), event).await?;
-        tx.commit().await?;
-        Ok(result)
-    }
-
-    /// Redeems an authorization code at the token endpoint.
-    async fn exchange(
-        &self,
-        c: &Client,
-        token_url: &str,
-        code: &str,
-        verifier: &str,
-        requested: &str,
-    ) -> Result<TokenSet, OAuthError> {
-        let p = &c.provider;
-        let mut form = vec![
-            ("grant_type", "authorization_code".to_owned()),
-            ("code", code.to_owned()),
-            ("redirect_uri", self.redirect_uri(&p.name)),
-            ("code_verifier", verifier.to_owned()),
-        ];
-        let mut req = self
-            .http
-            .post(token_url)
-            .header("Accept", "application/json");
-        match (p.client_auth, &c.secret) {
-            (ClientAuth::Basic, Some(secret)) => {
-                req = req.header("Authorization", basic_auth(&c.client_id, secret).as_str());
-            }
-            (ClientAuth::Post, Some(secret)) => {
-                form.push(("client_id", c.client_id.clone()));
-                form.push(("client_secret", secret.reveal().to_owned()));
-            }
-            (_, None) => form.push(("client_id", c.client_id.clone())),
-        }
-        let body: String = form
-            .iter()
-            .map(|(k, v)| format!("{k}={}", form_encode(v)))
-            .collect::<Vec<_>>()
-            .join("&");
-        let resp = req
-            .header("Content-Type", "application/x-www-form-urlencoded")
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| {
-                OAuthError::TokenEndpoint(if e.is_timeout() {
-                    "timeout".into()
-                } else {
-                    "unreachable".into()
-                })
-            })?;
-        let status = resp.status();
-        let json = read_json(resp).await?;
-        if let Some(err) = json.get("error").and_then(Value::as_str) {
-            return Err(OAuthError::TokenEndpoint(sanitize(err)));
-        }
-        if !status.is_success() {
-            return Err(OAuthError::TokenEndpoint(format!(
-                "status {}",
-                status.as_u16()
-            )));
-        }
-        let text = |k: &str| json.get(k).and_then(Value::as_str).map(str::to_owned);
-        let access = text("access_token")
-            .ok_or_else(|| OAuthError::TokenEndpoint("no access_token".into()))?;
-        let granted = text("scope").unwrap_or_else(|| requested.to_owned());
-        let sep: &[char] = &[' ', ','];
-        Ok(TokenSet {
-            access_token: AccessToken::new(access),
-            refresh_token: text("refresh_token").map(RefreshToken::new),
-            id_token: text("id_token").map(IdToken::new),
-            token_type: text("token_type").unwrap_or_else(|| "Bearer".into()),
-            expires_at: json
-                .get("expires_in")
-                .and_then(Value::as_i64)
-                .map(|s| self.clock.unix() + s),
-            scopes: granted
-                .split(sep)
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect(),
-        })
-    }
-
-    /// Who the access token belongs to, from the provider's userinfo endpoint.
-    async fn userinfo(
-        &self,
-        c: &Client,
-        url: &str,
-        token: &AccessToken,
-    ) -> Result<Person, OAuthError> {
-        let resp = self
-            .http
-            .get(url)
-            .bearer_auth(token.reveal())
-            .header("Accept", "application/json")
-            .send()
-            .await
-            .map_err(|_| OAuthError::ProviderError("userinfo_unreachable".into()))?;
-        if !resp.status().is_success() {
-            return Err(OAuthError::ProviderError(format!(
-                "userinfo_status_{}",
-                resp.status().as_u16()
-            )));
-        }
-        let json = read_json(resp).await?;
-        let names = c.provider.claims;
-        let field = |k: &str| match json.get(k) {
-            Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
-            Some(Value::Number(n)) => Some(n.to_string()),
-            _ => None,
-        };
-        let subject =
-            field(names.subject).ok_or_else(|| OAuthError::ProviderError("no_subject".into()))?;
-        let verified = ["email_verified", "verified"]
-            .iter()
-            .any(|k| json.get(*k).and_then(Value::as_bool) == Some(true));
-        Ok(Person {
-            subject,
-            email: field(names.email),
-            email_verified: verified,
-            name: field(names.name),
-        })
-    }
-}
-
-/// A person as the provider describes them.
-struct Person {
-    subject: String,
-    email: Option<String>,
-    email_verified: bool,
-    name: Option<String>,
-}
-
-/// GETs a JSON document (discovery, JWKS).
-pub(crate) async fn get_json(http: &reqwest::Client, url: &str) -> Result<Value, OAuthError> {
-    let resp = http
-        .get(url)
-        .header("Accept", "application/json")
-        .send()
-        .await
-        .map_err(|_| OAuthError::ProviderError("unreachable".into()))?;
-    if !resp.status().is_success() {
-        return Err(OAuthError::ProviderError(format!(
-            "status_{}",
-            resp.status().as_u16()
-        )));
-    }
-    read_json(resp).await
-}
-
-async fn read_json(resp: reqwest::Response) -> Result<Value, OAuthError> {
-    let bad = || OAuthError::TokenEndpoint("malformed response".into());
-    if resp
-        .content_length()
-        .is_some_and(|n| n > MAX_RESPONSE as u64)
-    {
-        return Err(bad());
-    }
-    let bytes = resp.bytes().await.map_err(|_| bad())?;
-    if bytes.len() > MAX_RESPONSE {
-        return Err(bad());
-    }
-    serde_json::from_slice(&bytes).map_err(|_| bad())
 }
 
 #[cfg(test)]

@@ -1,0 +1,173 @@
+//! Calls to a provider's token and userinfo endpoints, and the bounded JSON reading they
+//! share with discovery and JWKS. Provider answers are untrusted: at most 1 MiB is read,
+//! errors are reduced to sanitized codes, and nothing secret is echoed.
+
+use serde_json::Value;
+
+use super::{Client, MAX_RESPONSE, OAuth, OAuthError, basic_auth, form_encode, sanitize};
+use crate::providers::ClientAuth;
+use crate::secret::{AccessToken, IdToken, RefreshToken};
+use crate::vault::TokenSet;
+
+impl OAuth {
+    /// Redeems an authorization code at the token endpoint.
+    pub(super) async fn exchange(
+        &self,
+        c: &Client,
+        token_url: &str,
+        code: &str,
+        verifier: &str,
+        requested: &str,
+    ) -> Result<TokenSet, OAuthError> {
+        let p = &c.provider;
+        let mut form = vec![
+            ("grant_type", "authorization_code".to_owned()),
+            ("code", code.to_owned()),
+            ("redirect_uri", self.redirect_uri(&p.name)),
+            ("code_verifier", verifier.to_owned()),
+        ];
+        let mut req = self
+            .http
+            .post(token_url)
+            .header("Accept", "application/json");
+        match (p.client_auth, &c.secret) {
+            (ClientAuth::Basic, Some(secret)) => {
+                req = req.header("Authorization", basic_auth(&c.client_id, secret).as_str());
+            }
+            (ClientAuth::Post, Some(secret)) => {
+                form.push(("client_id", c.client_id.clone()));
+                form.push(("client_secret", secret.reveal().to_owned()));
+            }
+            (_, None) => form.push(("client_id", c.client_id.clone())),
+        }
+        let body: String = form
+            .iter()
+            .map(|(k, v)| format!("{k}={}", form_encode(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        let resp = req
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| {
+                OAuthError::TokenEndpoint(if e.is_timeout() {
+                    "timeout".into()
+                } else {
+                    "unreachable".into()
+                })
+            })?;
+        let status = resp.status();
+        let json = read_json(resp).await?;
+        if let Some(err) = json.get("error").and_then(Value::as_str) {
+            return Err(OAuthError::TokenEndpoint(sanitize(err)));
+        }
+        if !status.is_success() {
+            return Err(OAuthError::TokenEndpoint(format!(
+                "status {}",
+                status.as_u16()
+            )));
+        }
+        let text = |k: &str| json.get(k).and_then(Value::as_str).map(str::to_owned);
+        let access = text("access_token")
+            .ok_or_else(|| OAuthError::TokenEndpoint("no access_token".into()))?;
+        let granted = text("scope").unwrap_or_else(|| requested.to_owned());
+        let sep: &[char] = &[' ', ','];
+        Ok(TokenSet {
+            access_token: AccessToken::new(access),
+            refresh_token: text("refresh_token").map(RefreshToken::new),
+            id_token: text("id_token").map(IdToken::new),
+            token_type: text("token_type").unwrap_or_else(|| "Bearer".into()),
+            expires_at: json
+                .get("expires_in")
+                .and_then(Value::as_i64)
+                .map(|s| self.clock.unix() + s),
+            scopes: granted
+                .split(sep)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        })
+    }
+
+    /// Who the access token belongs to, from the provider's userinfo endpoint.
+    pub(super) async fn userinfo(
+        &self,
+        c: &Client,
+        url: &str,
+        token: &AccessToken,
+    ) -> Result<Person, OAuthError> {
+        let resp = self
+            .http
+            .get(url)
+            .bearer_auth(token.reveal())
+            .header("Accept", "application/json")
+            .send()
+            .await
+            .map_err(|_| OAuthError::ProviderError("userinfo_unreachable".into()))?;
+        if !resp.status().is_success() {
+            return Err(OAuthError::ProviderError(format!(
+                "userinfo_status_{}",
+                resp.status().as_u16()
+            )));
+        }
+        let json = read_json(resp).await?;
+        let names = c.provider.claims;
+        let field = |k: &str| match json.get(k) {
+            Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        };
+        let subject =
+            field(names.subject).ok_or_else(|| OAuthError::ProviderError("no_subject".into()))?;
+        let verified = ["email_verified", "verified"]
+            .iter()
+            .any(|k| json.get(*k).and_then(Value::as_bool) == Some(true));
+        Ok(Person {
+            subject,
+            email: field(names.email),
+            email_verified: verified,
+            name: field(names.name),
+        })
+    }
+}
+
+/// A person as the provider describes them.
+pub(super) struct Person {
+    pub(super) subject: String,
+    pub(super) email: Option<String>,
+    pub(super) email_verified: bool,
+    pub(super) name: Option<String>,
+}
+
+/// GETs a JSON document (discovery, JWKS).
+pub(crate) async fn get_json(http: &reqwest::Client, url: &str) -> Result<Value, OAuthError> {
+    let resp = http
+        .get(url)
+        .header("Accept", "application/json")
+        .send()
+        .await
+        .map_err(|_| OAuthError::ProviderError("unreachable".into()))?;
+    if !resp.status().is_success() {
+        return Err(OAuthError::ProviderError(format!(
+            "status_{}",
+            resp.status().as_u16()
+        )));
+    }
+    read_json(resp).await
+}
+
+async fn read_json(resp: reqwest::Response) -> Result<Value, OAuthError> {
+    let bad = || OAuthError::TokenEndpoint("malformed response".into());
+    if resp
+        .content_length()
+        .is_some_and(|n| n > MAX_RESPONSE as u64)
+    {
+        return Err(bad());
+    }
+    let bytes = resp.bytes().await.map_err(|_| bad())?;
+    if bytes.len() > MAX_RESPONSE {
+        return Err(bad());
+    }
+    serde_json::from_slice(&bytes).map_err(|_| bad())
+}
