@@ -232,7 +232,8 @@ pub async fn callback(
     Ok(resp)
 }
 
-#[derive(Debug, Deserialize, Default)]
+/// The CSRF token is not printable: no `Debug`.
+#[derive(Deserialize, Default)]
 pub struct CsrfForm {
     csrf_token: Option<String>,
 }

@@ -131,7 +131,8 @@ async fn account(app: &AppState, me: SignedIn) -> Result<Html<String>, Error> {
     Ok(Html(page("Your account", &body)))
 }
 
-#[derive(Debug, Deserialize)]
+/// The CSRF token is not printable: no `Debug`.
+#[derive(Deserialize)]
 pub struct CsrfField {
     csrf_token: String,
 }

@@ -74,12 +74,24 @@ pub enum Purpose {
 }
 
 /// The query of a callback.
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Default, serde::Deserialize)]
 pub struct Callback {
     pub code: Option<String>,
     pub state: Option<String>,
     pub iss: Option<String>,
     pub error: Option<String>,
+}
+
+/// The authorization code and state are credentials for one flow: never printed.
+impl std::fmt::Debug for Callback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Callback")
+            .field("code", &self.code.as_ref().map(|_| "[REDACTED]"))
+            .field("state", &self.state.as_ref().map(|_| "[REDACTED]"))
+            .field("iss", &self.iss)
+            .field("error", &self.error)
+            .finish()
+    }
 }
 
 /// A finished flow.
@@ -545,6 +557,20 @@ mod tests {
             assert_eq!(safe_return_to(Some(bad)), "/", "{bad}");
         }
         assert_eq!(safe_return_to(None), "/");
+    }
+
+    #[test]
+    fn callback_debug_hides_code_and_state() {
+        let cb = Callback {
+            code: Some("c0de-secret".into()),
+            state: Some("st4te".into()),
+            ..Callback::default()
+        };
+        let printed = format!("{cb:?}");
+        assert!(
+            !printed.contains("c0de-secret") && !printed.contains("st4te"),
+            "{printed}"
+        );
     }
 
     #[test]
