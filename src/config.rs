@@ -202,6 +202,8 @@ pub struct ProviderConfig {
     pub issuer: Option<String>,
     pub jwks_url: Option<String>,
     pub scopes: Option<Vec<String>>,
+    /// The name shown on the pages (defaults to the catalogue's, or the entry's name).
+    pub display_name: Option<String>,
 }
 
 impl std::fmt::Debug for ProviderConfig {

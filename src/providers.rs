@@ -344,6 +344,9 @@ impl Provider {
         if let Some(scopes) = &c.scopes {
             self.scopes.clone_from(scopes);
         }
+        if let Some(d) = &c.display_name {
+            self.display_name.clone_from(d);
+        }
         for url in [
             &self.issuer,
             &self.authorize_url,

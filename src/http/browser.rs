@@ -113,9 +113,11 @@ pub(crate) fn require_csrf(
     token: &SessionToken,
     form_token: Option<&str>,
 ) -> Result<(), Error> {
+    // Browsers send `Origin: null` on form posts from a page whose Referrer-Policy is
+    // `no-referrer` (all of ours); `Sec-Fetch-Site`, which no page can set, decides then.
     let origin_ok = match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
-        Some(origin) => origin == app.config.public_url,
-        None => headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) == Some("same-origin"),
+        Some(origin) if origin != "null" => origin == app.config.public_url,
+        _ => headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) == Some("same-origin"),
     };
     let presented = headers
         .get("x-csrf-token")

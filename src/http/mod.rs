@@ -32,6 +32,8 @@ pub struct AppState {
     pub oauth: Arc<OAuth>,
     pub limiter: Arc<guard::RateLimiter>,
     pub clock: Arc<dyn Clock>,
+    /// The Content-Security-Policy, computed once from the configured providers.
+    csp: HeaderValue,
 }
 
 impl AppState {
@@ -44,6 +46,7 @@ impl AppState {
         clock: Arc<dyn Clock>,
     ) -> Result<AppState, crate::config::ConfigError> {
         let providers = crate::providers::resolve(&config)?;
+        let csp = content_security_policy(providers.values().filter(|p| p.configured));
         let mut secrets = std::collections::BTreeMap::new();
         for (name, p) in &config.providers {
             if let Some(secret) = p.client_secret(name)? {
@@ -76,6 +79,7 @@ impl AppState {
             // Sign-in routes: a burst of 20, then one request a second per address.
             limiter: Arc::new(guard::RateLimiter::new(1.0, 20)),
             clock,
+            csp,
         })
     }
 }
@@ -118,6 +122,39 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// No scripts, no frames, styles and images from us only. `form-action` also names the
+/// configured providers' authorization origins: browsers apply it to the redirects that
+/// follow a form submission, and the account page's "Connect" forms end at the provider.
+fn content_security_policy<'a>(
+    providers: impl Iterator<Item = &'a crate::providers::Provider>,
+) -> HeaderValue {
+    let mut origins = std::collections::BTreeSet::new();
+    for p in providers {
+        for url in [&p.authorize_url, &p.issuer].into_iter().flatten() {
+            if let Ok(u) = reqwest::Url::parse(url)
+                && matches!(u.scheme(), "https" | "http")
+            {
+                origins.insert(u.origin().ascii_serialization());
+            }
+        }
+    }
+    let mut form_action = String::from("'self'");
+    for o in origins {
+        form_action.push(' ');
+        form_action.push_str(&o);
+    }
+    let csp = format!(
+        "default-src 'none'; style-src 'self'; img-src 'self'; form-action {form_action}; \
+         frame-ancestors 'none'; base-uri 'none'"
+    );
+    HeaderValue::from_str(&csp).unwrap_or_else(|_| {
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
+             frame-ancestors 'none'; base-uri 'none'",
+        )
+    })
+}
+
 /// Headers every response carries.
 async fn security_headers(
     axum::extract::State(app): axum::extract::State<AppState>,
@@ -140,14 +177,36 @@ async fn security_headers(
         header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),
     );
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
-             frame-ancestors 'none'; base-uri 'none'",
-        ),
-    );
+    h.insert(header::CONTENT_SECURITY_POLICY, app.csp.clone());
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_action_names_configured_authorization_origins_only() {
+        let config = Config::from_toml(
+            "public_url = \"http://127.0.0.1:8080\"\n\
+             [providers.google]\nclient_id = \"g\"\nclient_secret = \"s\"\n\
+             [providers.acme]\nkind = \"oauth2\"\nclient_id = \"a\"\nclient_secret = \"s\"\n\
+             authorize_url = \"https://auth.acme.example:8443/authorize?x=1\"\n\
+             token_url = \"https://auth.acme.example:8443/token\"\n",
+        )
+        .unwrap();
+        let providers = crate::providers::resolve(&config).unwrap();
+        let csp = content_security_policy(providers.values().filter(|p| p.configured));
+        let csp = csp.to_str().unwrap();
+        assert!(
+            csp.contains(
+                "form-action 'self' https://accounts.google.com https://auth.acme.example:8443;"
+            ),
+            "{csp}"
+        );
+        assert!(!csp.contains("discord"), "{csp}");
+        assert!(csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"));
+    }
 }

@@ -111,7 +111,20 @@ async fn account(app: &AppState, me: SignedIn) -> Result<Html<String>, Error> {
             esc(c.id()),
         );
     }
-    body.push_str("</table><h2>Sessions</h2><ul>");
+    body.push_str("</table><h2>Connect an account</h2><ul class=\"connect\">");
+    for (name, display, scopes) in app.oauth.connect_providers() {
+        let _ = write!(
+            body,
+            "<li><form method=\"get\" action=\"/connect/{}\"><label>{} scopes \
+             <input name=\"scopes\" value=\"{}\" size=\"40\"></label> \
+             <button>Connect {}</button></form></li>",
+            esc(&name),
+            esc(&display),
+            esc(&scopes.join(",")),
+            esc(&display),
+        );
+    }
+    body.push_str("</ul><h2>Sessions</h2><ul>");
     for s in app.sessions.list(&me.user_id, &me.token).await? {
         let _ = write!(
             body,

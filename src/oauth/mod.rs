@@ -266,6 +266,21 @@ impl OAuth {
             .collect()
     }
 
+    /// Every configured provider, for connecting accounts: name, display name and the
+    /// default scopes.
+    pub fn connect_providers(&self) -> Vec<(String, String, Vec<String>)> {
+        self.clients
+            .values()
+            .map(|c| {
+                (
+                    c.provider.name.clone(),
+                    c.provider.display_name.clone(),
+                    c.provider.scopes.clone(),
+                )
+            })
+            .collect()
+    }
+
     /// Endpoints of `c`; a generic OIDC provider's come from discovery (cached).
     async fn endpoints(&self, c: &Client) -> Result<Endpoints, OAuthError> {
         let p = &c.provider;

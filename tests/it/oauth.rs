@@ -17,7 +17,7 @@ use tower::ServiceExt;
 use crate::support::Site;
 
 #[derive(Default)]
-struct ProviderState {
+pub(crate) struct ProviderState {
     /// The subject the next authorization signs in as.
     next_subject: String,
     /// code -> (redirect_uri, challenge, subject, scope)
@@ -25,14 +25,14 @@ struct ProviderState {
     /// access token -> subject
     tokens: HashMap<String, String>,
     /// Every token issued, for leak scans.
-    issued: Vec<String>,
+    pub(crate) issued: Vec<String>,
     /// Status the revocation endpoint answers with (0: 200).
     revoke_status: u16,
     /// Tokens revoked.
-    revoked: Vec<String>,
+    pub(crate) revoked: Vec<String>,
 }
 
-type Shared = Arc<Mutex<ProviderState>>;
+pub(crate) type Shared = Arc<Mutex<ProviderState>>;
 
 fn b64url(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
@@ -145,7 +145,7 @@ async fn revoke(
     }
 }
 
-async fn start_provider() -> (String, Shared) {
+pub(crate) async fn start_provider() -> (String, Shared) {
     let shared: Shared = Arc::new(Mutex::new(ProviderState {
         next_subject: "alice-sub".into(),
         ..Default::default()
@@ -626,6 +626,30 @@ async fn flows(site: Site) {
         StatusCode::FORBIDDEN,
         "cross-origin form post refused"
     );
+    // `Origin: null` (an opaque origin, or a no-referrer page) counts only with
+    // `Sec-Fetch-Site: same-origin`.
+    for fetch_site in ["cross-site", "same-site", "none"] {
+        let (status, _, _) = b
+            .raw(
+                "POST",
+                "/sessions/end-all",
+                Some(&alice),
+                &[("origin", "null"), ("sec-fetch-site", fetch_site)],
+                &format!("csrf_token={csrf}"),
+            )
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "Origin null, {fetch_site}");
+    }
+    let (status, _, _) = b
+        .raw(
+            "POST",
+            "/sessions/end-all",
+            Some(&alice),
+            &[("origin", "null")],
+            &format!("csrf_token={csrf}"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "Origin null alone");
     let r = b
         .send(
             "DELETE",
