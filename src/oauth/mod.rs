@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use serde_json::json;
 use zeroize::Zeroizing;
 
 use crate::audit::{Actor, Event, Kind as AuditKind};
@@ -34,7 +33,7 @@ use crate::secret::{ClientSecret, SessionToken};
 use crate::sessions::{Session, Sessions};
 use crate::store::identities::{self, FlowRow, IdentityRow};
 use crate::store::{Conn, Db, users};
-use crate::vault::{TokenSet, Vault};
+use crate::vault::{Scopes, TokenSet, Vault};
 
 /// How long a started flow may take.
 pub const FLOW_TTL: i64 = 600;
@@ -401,10 +400,12 @@ impl OAuth {
     ) -> Result<Finished, OAuthError> {
         let session = session.ok_or(OAuthError::InvalidState)?;
         let state = cb.state.as_deref().ok_or(OAuthError::InvalidState)?;
-        let mut tx = self.db.begin().await?;
-        let flow = identities::take_flow(&mut tx, &sha256(&[state.as_bytes()])).await?;
-        // The state is spent whatever happens next.
-        tx.commit().await?;
+        // One statement (DELETE … RETURNING), atomic on its own: the state is spent
+        // whatever happens next, and a replay finds nothing.
+        let flow = {
+            let mut conn = self.db.pool().acquire().await?;
+            identities::take_flow(&mut conn, &sha256(&[state.as_bytes()])).await?
+        };
         let flow = flow.ok_or(OAuthError::InvalidState)?;
         let mine = sha256(&[session.reveal().as_bytes()]);
         if flow.provider != provider
@@ -489,7 +490,7 @@ impl OAuth {
         c: &Client,
         purpose: Purpose,
         who: Person,
-        mut tokens: TokenSet,
+        tokens: TokenSet,
         session: Option<&SessionToken>,
         return_to: String,
     ) -> Result<Finished, OAuthError> {
@@ -531,19 +532,12 @@ impl OAuth {
                 (user_id.clone(), AuditKind::Connect, None)
             }
         };
-        // Incremental scopes: connecting again keeps what was granted before.
-        if let Some(existing) = self.vault.load(&user_id, provider).await? {
-            for s in existing.scopes() {
-                if !tokens.scopes.iter().any(|t| t == s) {
-                    tokens.scopes.push(s.to_owned());
-                }
-            }
-        }
+        // Incremental scopes: connecting again keeps what was granted before. The vault
+        // adds the connection, KEK version and stored scopes to the event.
         let actor = Actor::User(user_id.clone());
-        let event = Event::new(kind, actor, format!("user:{user_id}"))
-            .detail(json!({ "scopes": tokens.scopes }));
+        let event = Event::new(kind, actor, format!("user:{user_id}"));
         self.vault
-            .store(&mut tx, event, &user_id, provider, &tokens)
+            .store(&mut tx, event, &user_id, provider, &tokens, Scopes::Merge)
             .await?;
         tx.commit().await?;
         Ok(Finished {

@@ -44,12 +44,9 @@ pub async fn insert(conn: &mut Conn, e: &EventRow) -> Result<(), sqlx::Error> {
     .bind(&e.detail)
     .bind(e.prev_hash.as_slice())
     .bind(e.hash.as_slice())
-    .execute(&mut *conn)
+    .execute(conn)
     .await?;
-    sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
-        .bind(e.hash.as_slice())
-        .execute(conn)
-        .await?;
+    // The `audit_event_moves_head` trigger sets the head's hash.
     Ok(())
 }
 

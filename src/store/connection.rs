@@ -60,9 +60,9 @@ pub async fn find_for_update(
     backend: Backend,
     user_id: &str,
     provider: &str,
-) -> Result<Option<(String, i64)>, sqlx::Error> {
+) -> Result<Option<Locked>, sqlx::Error> {
     let sql = format!(
-        "SELECT id, generation FROM connection WHERE user_id = $1 AND provider = $2{}",
+        "SELECT id, generation, scopes FROM connection WHERE user_id = $1 AND provider = $2{}",
         backend.for_update()
     );
     let row = sqlx::query(&sql)
@@ -70,8 +70,22 @@ pub async fn find_for_update(
         .bind(provider)
         .fetch_optional(conn)
         .await?;
-    row.map(|r| Ok((r.try_get("id")?, r.try_get("generation")?)))
-        .transpose()
+    row.map(|r| {
+        Ok(Locked {
+            id: r.try_get("id")?,
+            generation: r.try_get("generation")?,
+            scopes: r.try_get("scopes")?,
+        })
+    })
+    .transpose()
+}
+
+/// A connection row locked for a write: its id, generation and granted scopes
+/// (space-separated).
+pub struct Locked {
+    pub id: String,
+    pub generation: i64,
+    pub scopes: String,
 }
 
 /// What a write stores.

@@ -92,6 +92,15 @@ pub enum VaultError {
 }
 
 /// Vault settings, parsed from `[vault]`.
+/// What a write does with the scopes already granted on an existing connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scopes {
+    /// Store exactly the token set's scopes (a refresh that narrowed them, say).
+    Replace,
+    /// Keep the granted scopes beside the new ones (incremental authorization).
+    Merge,
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct VaultSettings {
     pub cipher: Cipher,
@@ -269,8 +278,11 @@ impl Vault {
 
     /// Seals `tokens` as the (user, provider) connection inside the caller's transaction,
     /// creating the row or replacing its token set, and appends `event` (the caller's
-    /// reason: sign-in, connect, refresh…) with the connection id and KEK version added to
-    /// its detail — one audit event per write. Returns the connection id.
+    /// reason: sign-in, connect, refresh…) with the connection id, provider, KEK version
+    /// and the scopes stored added to its detail — one audit event per write. With
+    /// [`Scopes::Merge`] the scopes already granted on the row (read under its lock) are
+    /// kept beside the new ones: connecting again with more scopes is incremental.
+    /// Returns the connection id.
     pub async fn store(
         &self,
         conn: &mut Conn,
@@ -278,72 +290,72 @@ impl Vault {
         user_id: &str,
         provider: &str,
         tokens: &TokenSet,
+        scopes: Scopes,
     ) -> Result<String, VaultError> {
         let backend = self.db.backend();
-        let (version, kek) = self.reserve(conn, 1).await?;
+        let (mut version, mut kek) = self.reserve(conn, 1).await?;
         let now = self.clock.unix();
-        let scopes = tokens.scopes.join(" ");
-        let plaintext = tokens.encode();
-        let existing = conns::find_for_update(conn, backend, user_id, provider).await?;
-        let (id, sealed_once) = match existing {
-            Some((id, _)) => (id, false),
-            None => {
-                let id = uuid::Uuid::now_v7().to_string();
-                let b = Binding {
-                    record_id: &id,
-                    user_id,
-                    provider,
-                };
-                let env = self.seal_with(&kek, version, b, &plaintext)?;
-                let new = NewEnvelope {
-                    id: &id,
-                    user_id,
-                    provider,
-                    scopes: &scopes,
-                    kek_version: version,
-                    envelope: &env,
-                    expires_at: tokens.expires_at,
-                    now,
-                };
-                if conns::insert(conn, &new).await? {
-                    self.audit_store(conn, event, &id, provider, version)
-                        .await?;
-                    return Ok(id);
-                }
-                // Another writer created the row first; reuse its id.
-                let id = conns::find_for_update(conn, backend, user_id, provider)
-                    .await?
-                    .map(|(id, _)| id)
-                    .ok_or(VaultError::Database(sqlx::Error::RowNotFound))?;
-                (id, true)
+        let mut existing = conns::find_for_update(conn, backend, user_id, provider).await?;
+        if existing.is_none() {
+            let id = uuid::Uuid::now_v7().to_string();
+            let granted = tokens.scopes.clone();
+            let plaintext = tokens.encode_with(&granted);
+            let b = Binding {
+                record_id: &id,
+                user_id,
+                provider,
+            };
+            let env = self.seal_with(&kek, version, b, &plaintext)?;
+            let new = NewEnvelope {
+                id: &id,
+                user_id,
+                provider,
+                scopes: &granted.join(" "),
+                kek_version: version,
+                envelope: &env,
+                expires_at: tokens.expires_at,
+                now,
+            };
+            if conns::insert(conn, &new).await? {
+                self.audit_store(conn, event, &id, provider, version, &granted)
+                    .await?;
+                return Ok(id);
             }
-        };
-        // A discarded first seal still used the KEK once: count the second wrap too.
-        let (version, kek) = if sealed_once {
-            self.reserve(conn, 1).await?
-        } else {
-            (version, kek)
-        };
+            // Another writer created the row first: lock it, and count the discarded
+            // seal's use of the KEK by reserving again.
+            existing = conns::find_for_update(conn, backend, user_id, provider).await?;
+            (version, kek) = self.reserve(conn, 1).await?;
+        }
+        let row = existing.ok_or(VaultError::Database(sqlx::Error::RowNotFound))?;
+        let mut granted = tokens.scopes.clone();
+        if scopes == Scopes::Merge {
+            for s in row.scopes.split(' ').filter(|s| !s.is_empty()) {
+                if !granted.iter().any(|g| g == s) {
+                    granted.push(s.to_owned());
+                }
+            }
+        }
+        let plaintext = tokens.encode_with(&granted);
         let b = Binding {
-            record_id: &id,
+            record_id: &row.id,
             user_id,
             provider,
         };
         let env = self.seal_with(&kek, version, b, &plaintext)?;
         let new = NewEnvelope {
-            id: &id,
+            id: &row.id,
             user_id,
             provider,
-            scopes: &scopes,
+            scopes: &granted.join(" "),
             kek_version: version,
             envelope: &env,
             expires_at: tokens.expires_at,
             now,
         };
         conns::replace(conn, &new).await?;
-        self.audit_store(conn, event, &id, provider, version)
+        self.audit_store(conn, event, &row.id, provider, version, &granted)
             .await?;
-        Ok(id)
+        Ok(row.id)
     }
 
     async fn audit_store(
@@ -353,6 +365,7 @@ impl Vault {
         id: &str,
         provider: &str,
         version: i64,
+        scopes: &[String],
     ) -> Result<(), VaultError> {
         if !event.detail.is_object() {
             event.detail = serde_json::json!({});
@@ -361,6 +374,7 @@ impl Vault {
             detail.insert("connection".into(), id.into());
             detail.insert("provider".into(), provider.into());
             detail.insert("kek_version".into(), version.into());
+            detail.insert("scopes".into(), scopes.into());
         }
         audit::append(conn, self.clock.unix_ms(), event).await?;
         Ok(())

@@ -47,7 +47,14 @@ async fn user(v: &Vault, id: &str) {
 async fn put(v: &Vault, uid: &str, provider: &str, access: &str) -> String {
     let mut tx = v.db().begin().await.unwrap();
     let id = v
-        .store(&mut tx, stored(uid), uid, provider, &tokens(access))
+        .store(
+            &mut tx,
+            stored(uid),
+            uid,
+            provider,
+            &tokens(access),
+            super::Scopes::Replace,
+        )
         .await
         .unwrap();
     tx.commit().await.unwrap();

@@ -31,7 +31,13 @@ const ENCODING_V1: u8 = 1;
 pub struct MalformedTokenSet;
 
 impl TokenSet {
+    #[cfg(test)]
     pub(crate) fn encode(&self) -> Zeroizing<Vec<u8>> {
+        self.encode_with(&self.scopes)
+    }
+
+    /// The encoding with `scopes` in place of the set's own.
+    pub(crate) fn encode_with(&self, scopes: &[String]) -> Zeroizing<Vec<u8>> {
         let mut out = Zeroizing::new(Vec::with_capacity(512));
         out.push(ENCODING_V1);
         put(&mut out, self.access_token.reveal().as_bytes());
@@ -51,8 +57,8 @@ impl TokenSet {
             }
             None => out.push(0),
         }
-        out.extend_from_slice(&u32::try_from(self.scopes.len()).unwrap_or(0).to_be_bytes());
-        for s in &self.scopes {
+        out.extend_from_slice(&u32::try_from(scopes.len()).unwrap_or(0).to_be_bytes());
+        for s in scopes {
             put(&mut out, s.as_bytes());
         }
         out

@@ -205,6 +205,7 @@ pub async fn seed(vault: &Arc<Vault>, users_n: usize, n: usize, prefix: &str) {
                         &u,
                         &p,
                         &tokens(&format!("{prefix}{i}")),
+                        strongbox::vault::Scopes::Replace,
                     )
                     .await
                     .unwrap();

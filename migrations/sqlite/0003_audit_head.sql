@@ -1,0 +1,6 @@
+-- The head follows the newest event: one statement fewer per append. The head's seq is
+-- advanced first (which locks it), so only the event carrying that seq moves the hash.
+CREATE TRIGGER audit_event_moves_head AFTER INSERT ON audit_event
+BEGIN
+    UPDATE audit_head SET hash = NEW.hash WHERE id = 1 AND seq = NEW.seq;
+END;
