@@ -42,7 +42,16 @@ struct Idp {
     /// How many keys the JWKS publishes.
     published: usize,
     jwks_fetches: usize,
+    /// Microsoft-style tokens: (`tid` claim, the tenant named in `iss`).
+    tenant: Option<(String, String)>,
 }
+
+/// Microsoft's extra claim: the tenant the account belongs to.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Tenant {
+    tid: String,
+}
+impl openidconnect::AdditionalClaims for Tenant {}
 
 type Shared = Arc<Mutex<Idp>>;
 
@@ -127,6 +136,36 @@ async fn token(State(s): State<Shared>, Form(f): Form<HashMap<String, String>>) 
             nonce,
         ),
     };
+    if let Some((tid, iss_tenant)) = st.tenant.clone() {
+        let claims = openidconnect::IdTokenClaims::new(
+            IssuerUrl::new(format!("{}/{iss_tenant}/v2.0", st.base)).unwrap(),
+            vec![Audience::new("cid".into())],
+            now + chrono::Duration::minutes(5),
+            now,
+            StandardClaims::new(SubjectIdentifier::new("ms-alice".into())),
+            Tenant { tid },
+        )
+        .set_nonce(Some(Nonce::new(nonce)));
+        let jwt = openidconnect::IdToken::<
+            Tenant,
+            openidconnect::core::CoreGenderClaim,
+            openidconnect::core::CoreJweContentEncryptionAlgorithm,
+            CoreJwsSigningAlgorithm,
+        >::new(
+            claims,
+            &st.keys[0],
+            CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256,
+            None,
+            None,
+        )
+        .unwrap()
+        .to_string();
+        return axum::Json(
+            json!({"access_token": format!("at-{}", uuid::Uuid::new_v4().simple()),
+            "token_type": "Bearer", "expires_in": 3600, "id_token": jwt}),
+        )
+        .into_response();
+    }
     let claims = CoreIdTokenClaims::new(
         IssuerUrl::new(iss).unwrap(),
         vec![Audience::new(aud.into())],
@@ -178,6 +217,7 @@ async fn start() -> Shared {
         ],
         published: 1,
         jwks_fetches: 0,
+        tenant: None,
     }));
     let app = axum::Router::new()
         .route("/.well-known/openid-configuration", get(discovery))
@@ -247,4 +287,55 @@ async fn oidc_sign_in_and_id_token_attacks() {
         fetches + 1,
         "cached after rollover"
     );
+}
+
+/// Microsoft's multi-tenant issuer end to end: the catalogue entry's `/common/` issuer
+/// stands for the token's own tenant, and `iss` must name exactly that tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn microsoft_tenant_issuer() {
+    let idp = start().await;
+    let base = idp.lock().unwrap().base.clone();
+    let site = Site::new(Engine::Sqlite).await.unwrap();
+    site.ok(&["keys", "init"]);
+    // The built-in entry, its endpoints pointed at the test provider.
+    let config = strongbox::config::Config::from_toml(&format!(
+        "public_url = \"http://127.0.0.1:8080\"\n[providers.microsoft]\n\
+         client_id = \"cid\"\nclient_secret = \"csecret\"\nlogin = true\n\
+         issuer = \"{base}/common/v2.0\"\nauthorize_url = \"{base}/authorize\"\n\
+         token_url = \"{base}/token\"\njwks_url = \"{base}/jwks\"\n"
+    ))
+    .unwrap();
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let state =
+        strongbox::AppState::build(config, site.db().await, site.vault().await, clock).unwrap();
+    let b = Browser {
+        app: strongbox::app(state),
+    };
+    let tenant = "9188040d-6c67-4c5b-b112-36a304b66dad";
+    let other = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+
+    idp.lock().unwrap().tenant = Some((tenant.into(), tenant.into()));
+    let cookie = b.sign_in_with("microsoft").await.unwrap();
+    let me = b.send("GET", "/api/me", Some(&cookie), &[]).await;
+    assert_eq!(me.body["identities"][0]["provider"], "microsoft");
+    assert_eq!(me.body["identities"][0]["subject"], "ms-alice");
+
+    for (tid, iss_tenant) in [
+        (tenant, other),              // iss names another tenant than tid
+        (tenant, "common"),           // iss keeps the placeholder
+        ("not-a-guid", "not-a-guid"), // tid that is not a tenant id
+        ("../evil", "../evil"),       // path games in tid
+    ] {
+        idp.lock().unwrap().tenant = Some((tid.into(), iss_tenant.into()));
+        let refused = b.sign_in_with("microsoft").await.unwrap_err();
+        assert_eq!(refused.body["code"], "provider_error", "{tid} {iss_tenant}");
+        assert!(
+            refused.body["detail"]
+                .as_str()
+                .unwrap()
+                .contains("id_token_issuer"),
+            "{tid} {iss_tenant}: {}",
+            refused.body
+        );
+    }
 }
