@@ -64,6 +64,9 @@ pub struct Config {
     pub session_absolute_timeout: i64,
     pub log_format: LogFormat,
     pub log_level: String,
+    /// Seconds a call to a provider's token, userinfo, discovery, JWKS or revocation
+    /// endpoint may take (`provider_timeout`, default 10s).
+    pub provider_timeout: i64,
     pub providers: BTreeMap<String, ProviderConfig>,
     pub tools: BTreeMap<String, ToolConfig>,
 }
@@ -89,6 +92,8 @@ struct RawConfig {
     session: RawSession,
     #[serde(default)]
     log: RawLog,
+    #[serde(default = "default_provider_timeout")]
+    provider_timeout: DurationText,
     #[serde(default)]
     providers: BTreeMap<String, ProviderConfig>,
     #[serde(default)]
@@ -97,6 +102,9 @@ struct RawConfig {
 
 fn default_public_url() -> String {
     "http://127.0.0.1:8080".into()
+}
+fn default_provider_timeout() -> DurationText {
+    DurationText::Text("10s".into())
 }
 fn default_listen() -> String {
     "127.0.0.1:8080".into()
@@ -395,6 +403,10 @@ impl Config {
             )?,
             log_format,
             log_level: raw.log.level.unwrap_or_else(|| "info".into()),
+            provider_timeout: match duration("provider_timeout", &raw.provider_timeout)? {
+                0 => return Err(invalid("provider_timeout", "must be at least 1s")),
+                n => n,
+            },
             providers: raw.providers,
             tools: raw.tools,
         })

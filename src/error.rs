@@ -80,7 +80,7 @@ impl Error {
                 "provider_error",
                 "The provider refused",
             ),
-            Error::OAuth(OAuthError::TokenEndpoint(_)) => (
+            Error::OAuth(OAuthError::ProviderFailed(_)) => (
                 StatusCode::BAD_GATEWAY,
                 "provider_error",
                 "The provider failed",

@@ -98,9 +98,9 @@ impl Oidc {
             issuer.trim_end_matches('/')
         );
         let d: Discovery = serde_json::from_value(crate::oauth::get_json(http, &url).await?)
-            .map_err(|_| OAuthError::ProviderError("discovery_malformed".into()))?;
+            .map_err(|_| OAuthError::ProviderFailed("discovery_malformed".into()))?;
         if d.issuer != issuer {
-            return Err(OAuthError::ProviderError(
+            return Err(OAuthError::ProviderFailed(
                 "discovery_issuer_mismatch".into(),
             ));
         }
@@ -126,7 +126,7 @@ impl Oidc {
         }
         let keys: CoreJsonWebKeySet =
             serde_json::from_value(crate::oauth::get_json(http, e.jwks_url).await?)
-                .map_err(|_| OAuthError::ProviderError("jwks_malformed".into()))?;
+                .map_err(|_| OAuthError::ProviderFailed("jwks_malformed".into()))?;
         if let Ok(mut m) = self.jwks.write() {
             m.insert(e.provider.to_owned(), keys.clone());
         }

@@ -64,7 +64,7 @@ impl AppState {
             Arc::clone(&sessions),
             &providers,
             secrets,
-            &config.public_url,
+            &config,
             Arc::clone(&clock),
         )
         .map_err(|e| {

@@ -49,10 +49,14 @@ pub enum OAuthError {
         "the sign-in request is unknown, was already used, expired, or belongs to another browser"
     )]
     InvalidState,
+    /// The provider (or the person at it) refused this sign-in: `error=` on the callback,
+    /// a spent code, an ID token that fails validation. A 400.
     #[error("the provider refused: {0}")]
     ProviderError(String),
-    #[error("the provider's token endpoint failed: {0}")]
-    TokenEndpoint(String),
+    /// The provider did not work: unreachable, timed out, a 5xx, a malformed or
+    /// incomplete answer from its token, userinfo, discovery or JWKS endpoint. A 502.
+    #[error("the provider failed: {0}")]
+    ProviderFailed(String),
     #[error("that account is already linked to another user")]
     AlreadyLinked,
     #[error("no such connection")]
@@ -206,7 +210,7 @@ impl OAuth {
         sessions: Arc<Sessions>,
         providers: &BTreeMap<String, Provider>,
         secrets: BTreeMap<String, ClientSecret>,
-        public_url: &str,
+        config: &crate::config::Config,
         clock: Arc<dyn Clock>,
     ) -> Result<OAuth, reqwest::Error> {
         let mut secrets = secrets;
@@ -226,7 +230,7 @@ impl OAuth {
             .collect();
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
-            .timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(config.provider_timeout.unsigned_abs()))
             .user_agent("strongbox")
             .build()?;
         let flow_key = vault.derive_secret("oauth flow");
@@ -239,7 +243,7 @@ impl OAuth {
             sessions,
             clients,
             http,
-            public_url: public_url.to_owned(),
+            public_url: config.public_url.clone(),
             flow_key,
             clock,
         })
@@ -471,7 +475,7 @@ impl OAuth {
                 }
             }
             (crate::providers::Kind::Oidc, None) => {
-                return Err(OAuthError::ProviderError("no_id_token".into()));
+                return Err(OAuthError::ProviderFailed("no_id_token".into()));
             }
             (crate::providers::Kind::OAuth2, _) => {
                 let url = endpoints

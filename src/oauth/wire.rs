@@ -51,26 +51,38 @@ impl OAuth {
             .send()
             .await
             .map_err(|e| {
-                OAuthError::TokenEndpoint(if e.is_timeout() {
-                    "timeout".into()
+                OAuthError::ProviderFailed(if e.is_timeout() {
+                    "token_endpoint_timeout".into()
                 } else {
-                    "unreachable".into()
+                    "token_endpoint_unreachable".into()
                 })
             })?;
         let status = resp.status();
-        let json = read_json(resp).await?;
+        let failed =
+            || OAuthError::ProviderFailed(format!("token_endpoint_status_{}", status.as_u16()));
+        let json = match read_json(resp).await {
+            Ok(json) => json,
+            Err(_) if !status.is_success() => return Err(failed()),
+            Err(e) => return Err(e),
+        };
         if let Some(err) = json.get("error").and_then(Value::as_str) {
-            return Err(OAuthError::TokenEndpoint(sanitize(err)));
+            // A spent, expired or foreign code is this request's fault; anything else
+            // (invalid_client, server_error…) is the provider's or its configuration's.
+            let err = sanitize(err);
+            return Err(
+                if matches!(err.as_str(), "invalid_grant" | "access_denied") {
+                    OAuthError::ProviderError(err)
+                } else {
+                    OAuthError::ProviderFailed(err)
+                },
+            );
         }
         if !status.is_success() {
-            return Err(OAuthError::TokenEndpoint(format!(
-                "status {}",
-                status.as_u16()
-            )));
+            return Err(failed());
         }
         let text = |k: &str| json.get(k).and_then(Value::as_str).map(str::to_owned);
         let access = text("access_token")
-            .ok_or_else(|| OAuthError::TokenEndpoint("no access_token".into()))?;
+            .ok_or_else(|| OAuthError::ProviderFailed("no_access_token".into()))?;
         let granted = text("scope").unwrap_or_else(|| requested.to_owned());
         let sep: &[char] = &[' ', ','];
         Ok(TokenSet {
@@ -104,9 +116,9 @@ impl OAuth {
             .header("Accept", "application/json")
             .send()
             .await
-            .map_err(|_| OAuthError::ProviderError("userinfo_unreachable".into()))?;
+            .map_err(|_| OAuthError::ProviderFailed("userinfo_unreachable".into()))?;
         if !resp.status().is_success() {
-            return Err(OAuthError::ProviderError(format!(
+            return Err(OAuthError::ProviderFailed(format!(
                 "userinfo_status_{}",
                 resp.status().as_u16()
             )));
@@ -119,7 +131,7 @@ impl OAuth {
             _ => None,
         };
         let subject =
-            field(names.subject).ok_or_else(|| OAuthError::ProviderError("no_subject".into()))?;
+            field(names.subject).ok_or_else(|| OAuthError::ProviderFailed("no_subject".into()))?;
         let verified = ["email_verified", "verified"]
             .iter()
             .any(|k| json.get(*k).and_then(Value::as_bool) == Some(true));
@@ -147,9 +159,9 @@ pub(crate) async fn get_json(http: &reqwest::Client, url: &str) -> Result<Value,
         .header("Accept", "application/json")
         .send()
         .await
-        .map_err(|_| OAuthError::ProviderError("unreachable".into()))?;
+        .map_err(|_| OAuthError::ProviderFailed("unreachable".into()))?;
     if !resp.status().is_success() {
-        return Err(OAuthError::ProviderError(format!(
+        return Err(OAuthError::ProviderFailed(format!(
             "status_{}",
             resp.status().as_u16()
         )));
@@ -158,7 +170,7 @@ pub(crate) async fn get_json(http: &reqwest::Client, url: &str) -> Result<Value,
 }
 
 async fn read_json(resp: reqwest::Response) -> Result<Value, OAuthError> {
-    let bad = || OAuthError::TokenEndpoint("malformed response".into());
+    let bad = || OAuthError::ProviderFailed("malformed_response".into());
     if resp
         .content_length()
         .is_some_and(|n| n > MAX_RESPONSE as u64)

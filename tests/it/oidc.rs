@@ -237,6 +237,8 @@ async fn oidc_sign_in_and_id_token_attacks() {
     site.ok(&["keys", "init"]);
     let config = strongbox::config::Config::from_toml(&format!(
         "public_url = \"http://127.0.0.1:8080\"\n[providers.idp]\nkind = \"oidc\"\nissuer = \"{base}\"\n\
+         client_id = \"cid\"\nclient_secret = \"csecret\"\nlogin = true\n\
+         [providers.down]\nkind = \"oidc\"\nissuer = \"http://127.0.0.1:9/idp\"\n\
          client_id = \"cid\"\nclient_secret = \"csecret\"\nlogin = true\n"
     ))
     .unwrap();
@@ -246,6 +248,16 @@ async fn oidc_sign_in_and_id_token_attacks() {
     let b = Browser {
         app: strongbox::app(state),
     };
+
+    // A provider whose discovery cannot be fetched: the provider failed, a 502.
+    let down = b.send("GET", "/login/down", None, &[]).await;
+    assert_eq!(
+        (down.status, down.body["code"].as_str()),
+        (StatusCode::BAD_GATEWAY, Some("provider_error")),
+        "{:?}",
+        down.body
+    );
+    assert!(down.location.is_none());
 
     // Discovery, nonce in the request, a valid ID token: signed in as (idp, oidc-alice).
     let start = b.send("GET", "/login/idp", None, &[]).await;

@@ -61,6 +61,13 @@ async fn token(
         "spotify" => axum::Json(json!({"access_token": "NgCXRKc_spotify_recorded_MzYjw", "token_type": "Bearer", "scope": "user-read-private user-read-email",
             "expires_in": 3600, "refresh_token": "NgAagA_spotify_recorded_Um_SHo"})).into_response(),
         "malformed" => (StatusCode::OK, "<html>not json</html>").into_response(),
+        // Slower than the configured provider_timeout (1s).
+        "slow" => {
+            tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+            axum::Json(json!({"access_token": "late", "token_type": "Bearer"})).into_response()
+        }
+        "broken" => (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(json!({"error": "server_error"}))).into_response(),
+        "unavailable" => (StatusCode::SERVICE_UNAVAILABLE, "try later").into_response(),
         "denied" => (StatusCode::BAD_REQUEST, axum::Json(json!({"error": "invalid_grant", "error_description": "Bad code <script>recorded-code</script>"}))).into_response(),
         _ => StatusCode::NOT_FOUND.into_response(),
     }
@@ -89,9 +96,11 @@ async fn recorded_provider_shapes() {
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, mock).await.unwrap() });
 
-    let mut toml = String::from("public_url = \"http://127.0.0.1:8080\"\n");
-    for p in ["github", "discord", "spotify", "malformed", "denied"] {
-        let kind = if ["malformed", "denied"].contains(&p) {
+    let mut toml =
+        String::from("public_url = \"http://127.0.0.1:8080\"\nprovider_timeout = \"1s\"\n");
+    let failing = ["malformed", "denied", "slow", "broken", "unavailable"];
+    for p in ["github", "discord", "spotify"].iter().chain(&failing) {
+        let kind = if failing.contains(p) {
             "kind = \"oauth2\"\n"
         } else {
             ""
@@ -159,7 +168,32 @@ async fn recorded_provider_shapes() {
         (r.status, r.body["code"].as_str()),
         (StatusCode::BAD_GATEWAY, Some("provider_error"))
     );
+    for (p, why) in [
+        ("slow", "token_endpoint_timeout"),
+        ("broken", "server_error"),
+        ("unavailable", "token_endpoint_status_503"),
+    ] {
+        let started = std::time::Instant::now();
+        let r = b.sign_in_with(p).await.unwrap_err();
+        assert_eq!(
+            (r.status, r.body["code"].as_str()),
+            (StatusCode::BAD_GATEWAY, Some("provider_error")),
+            "{p}"
+        );
+        assert!(
+            r.body["detail"].as_str().unwrap().contains(why),
+            "{p}: {}",
+            r.body
+        );
+        assert!(r.cookie.is_none(), "{p}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(3),
+            "{p}: timeout honoured"
+        );
+    }
+    // A refused code is the request's fault, not the provider's: 400.
     let r = b.sign_in_with("denied").await.unwrap_err();
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(r.body["code"], "provider_error");
     let text = r.body.to_string();
     assert!(
