@@ -73,6 +73,15 @@ pub enum Kind {
     SignOut,
     SessionsRevoked,
     Disconnect,
+    AgentAdded,
+    AgentRemoved,
+    DelegationCreated,
+    CredentialRefreshed,
+    RefreshFailed,
+    CredentialReleased,
+    ToolRun,
+    PolicyDenied,
+    UserRevoked,
 }
 
 impl Kind {
@@ -90,6 +99,15 @@ impl Kind {
             Kind::SignOut => "sign_out",
             Kind::SessionsRevoked => "sessions.revoked",
             Kind::Disconnect => "disconnect",
+            Kind::AgentAdded => "agent.added",
+            Kind::AgentRemoved => "agent.removed",
+            Kind::DelegationCreated => "delegation.created",
+            Kind::CredentialRefreshed => "credential.refreshed",
+            Kind::RefreshFailed => "credential.refresh_failed",
+            Kind::CredentialReleased => "credential.released",
+            Kind::ToolRun => "tool.run",
+            Kind::PolicyDenied => "policy.denied",
+            Kind::UserRevoked => "user.revoked",
         }
     }
 }

@@ -43,8 +43,22 @@ pub enum Command {
     /// The provider catalogue.
     #[command(subcommand)]
     Providers(ProvidersCommand),
-    /// Validate configuration and keys; non-zero exit with a clear message.
+    /// Register agent services.
+    #[command(subcommand)]
+    Agents(AgentsCommand),
+    /// Validate configuration, providers, tools, policies and keys; non-zero exit with a
+    /// clear message.
     Check,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentsCommand {
+    /// Register an agent; its secret is printed once, alone on the last line.
+    Add { name: String },
+    /// The registered agents.
+    List,
+    /// Remove an agent and every delegation to it.
+    Remove { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -105,6 +119,8 @@ cli_error_from!(
     OpenError,
     RootKeyError,
     VaultError,
+    crate::agents::AgentError,
+    crate::policy::PolicyError,
     sqlx::Error,
     std::io::Error,
     audit::VerifyError
@@ -150,7 +166,47 @@ pub async fn run(cli: Cli, config: Config) -> CliResult {
             ))
         }
         Command::Providers(ProvidersCommand::List) => providers_list(&config),
+        Command::Agents(cmd) => agents(cmd, &config).await,
         Command::Check => check(&config).await,
+    }
+}
+
+async fn agents(cmd: AgentsCommand, config: &Config) -> CliResult {
+    let db = open_db(config).await?;
+    let agents = crate::agents::Agents::new(db, Arc::new(SystemClock));
+    match cmd {
+        AgentsCommand::Add { name } => {
+            let (agent, secret) = agents.add(&name, Actor::Cli).await?;
+            let mut out = std::io::stdout().lock();
+            writeln!(
+                out,
+                "registered agent {} (id {}); its secret follows and is not shown again",
+                agent.name, agent.id
+            )?;
+            writeln!(out, "{}", secret.reveal())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        AgentsCommand::List => {
+            let list = agents.list().await?;
+            let mut out = std::io::stdout().lock();
+            if list.is_empty() {
+                writeln!(out, "no agents registered")?;
+            }
+            for a in list {
+                writeln!(
+                    out,
+                    "{}\t{}\tcreated {}",
+                    a.name,
+                    a.id,
+                    rfc3339(a.created_at)
+                )?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AgentsCommand::Remove { name } => {
+            agents.remove(&name, Actor::Cli).await?;
+            say(format_args!("removed agent {name} and its delegations"))
+        }
     }
 }
 
@@ -326,7 +382,17 @@ fn providers_list(config: &Config) -> CliResult {
 }
 
 async fn check(config: &Config) -> CliResult {
-    crate::providers::resolve(config)?;
+    let providers = crate::providers::resolve(config)?;
+    let tools = crate::tools::resolve(config)?;
+    for (name, t) in &config.tools {
+        if !providers.contains_key(&t.provider) {
+            return Err(CliError(format!(
+                "tools.\"{name}\": provider {:?} is not in the catalogue or the config",
+                t.provider
+            )));
+        }
+    }
+    let policies = crate::policy::Policies::load(&config.policies_dir)?;
     for (name, p) in &config.providers {
         p.client_secret(name)?;
     }
@@ -342,7 +408,13 @@ async fn check(config: &Config) -> CliResult {
         }
         .into());
     }
-    say(format_args!("configuration is valid"))
+    say(format_args!(
+        "configuration is valid: {} providers configured, {} tools, {} policies from {} files",
+        providers.values().filter(|p| p.configured).count(),
+        tools.len(),
+        policies.len(),
+        policies.files().len()
+    ))
 }
 
 /// Connects to the configured database and applies migrations.

@@ -67,6 +67,8 @@ pub struct Config {
     /// Seconds a call to a provider's token, userinfo, discovery, JWKS or revocation
     /// endpoint may take (`provider_timeout`, default 10s).
     pub provider_timeout: i64,
+    /// Requests per second each agent may make to `/v1/*` (bursts of twice that).
+    pub agent_rate_limit: u32,
     pub providers: BTreeMap<String, ProviderConfig>,
     pub tools: BTreeMap<String, ToolConfig>,
 }
@@ -94,6 +96,8 @@ struct RawConfig {
     log: RawLog,
     #[serde(default = "default_provider_timeout")]
     provider_timeout: DurationText,
+    #[serde(default = "default_agent_rate_limit")]
+    agent_rate_limit: u32,
     #[serde(default)]
     providers: BTreeMap<String, ProviderConfig>,
     #[serde(default)]
@@ -102,6 +106,9 @@ struct RawConfig {
 
 fn default_public_url() -> String {
     "http://127.0.0.1:8080".into()
+}
+fn default_agent_rate_limit() -> u32 {
+    100
 }
 fn default_provider_timeout() -> DurationText {
     DurationText::Text("10s".into())
@@ -403,6 +410,10 @@ impl Config {
             )?,
             log_format,
             log_level: raw.log.level.unwrap_or_else(|| "info".into()),
+            agent_rate_limit: match raw.agent_rate_limit {
+                0 => return Err(invalid("agent_rate_limit", "must be at least 1")),
+                n => n,
+            },
             provider_timeout: match duration("provider_timeout", &raw.provider_timeout)? {
                 0 => return Err(invalid("provider_timeout", "must be at least 1s")),
                 n => n,

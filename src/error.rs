@@ -38,6 +38,42 @@ pub enum Error {
     OAuth(#[from] OAuthError),
     #[error(transparent)]
     Session(#[from] crate::sessions::SessionError),
+    #[error(transparent)]
+    Agents(#[from] crate::agents::AgentError),
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("a valid agent secret is required (Authorization: Bearer)")]
+    AgentUnauthorized,
+    #[error("the delegation is unknown, revoked, malformed or missing")]
+    DelegationInvalid,
+    #[error("the delegation was issued to another agent")]
+    DelegationForeign,
+    #[error("the delegation has expired")]
+    DelegationExpired,
+    #[error("no tool named {0:?}")]
+    UnknownTool(String),
+    #[error("the delegation does not name the tool {0:?}")]
+    ToolNotDelegated(String),
+    #[error("the delegation does not name the provider {0:?}")]
+    ProviderNotDelegated(String),
+    #[error("policy denies this")]
+    PolicyDenied,
+    #[error(transparent)]
+    InvalidArgument(#[from] crate::tools::ArgError),
+    #[error("the user has not connected {provider}; they can at the url given")]
+    NotConnected { provider: String, url: String },
+    #[error(
+        "the connection to {provider} lacks scopes this needs; the user can grant them at the url given"
+    )]
+    InsufficientScope { provider: String, url: String },
+    #[error("the connection to {provider} must be authorized again by the user at the url given")]
+    ReauthRequired { provider: String, url: String },
+    #[error("the provider failed ({0}); retry later")]
+    ProviderFailed(String),
+    #[error("a refresh of this credential is in progress elsewhere; retry shortly")]
+    RefreshBusy,
 }
 
 /// An RFC 9457 problem document.
@@ -49,6 +85,9 @@ pub struct Problem {
     pub status: u16,
     pub detail: String,
     pub code: &'static str,
+    /// Where the user can fix it (`reauth_required`, `not_connected`, `insufficient_scope`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 impl Error {
@@ -58,6 +97,8 @@ impl Error {
             Error::Vault(_)
             | Error::Database(_)
             | Error::Session(_)
+            | Error::Agents(_)
+            | Error::Policy(_)
             | Error::OAuth(
                 OAuthError::Database(_) | OAuthError::Vault(_) | OAuthError::Session(_),
             ) => (
@@ -116,6 +157,65 @@ impl Error {
             ),
             Error::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready", "Not ready"),
             Error::NotFound => (StatusCode::NOT_FOUND, "not_found", "Not found"),
+            Error::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request", "Bad request"),
+            Error::AgentUnauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Agent authentication required",
+            ),
+            Error::DelegationInvalid => (
+                StatusCode::UNAUTHORIZED,
+                "delegation_invalid",
+                "Invalid delegation",
+            ),
+            Error::DelegationForeign => (
+                StatusCode::FORBIDDEN,
+                "delegation_invalid",
+                "Invalid delegation",
+            ),
+            Error::DelegationExpired => (
+                StatusCode::UNAUTHORIZED,
+                "delegation_expired",
+                "Delegation expired",
+            ),
+            Error::UnknownTool(_) => (StatusCode::NOT_FOUND, "unknown_tool", "Unknown tool"),
+            Error::ToolNotDelegated(_) => (
+                StatusCode::FORBIDDEN,
+                "tool_not_delegated",
+                "Tool not delegated",
+            ),
+            Error::ProviderNotDelegated(_) => (
+                StatusCode::FORBIDDEN,
+                "provider_not_delegated",
+                "Provider not delegated",
+            ),
+            Error::PolicyDenied => (StatusCode::FORBIDDEN, "policy_denied", "Denied by policy"),
+            Error::InvalidArgument(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_argument",
+                "Invalid argument",
+            ),
+            Error::NotConnected { .. } => (StatusCode::CONFLICT, "not_connected", "Not connected"),
+            Error::InsufficientScope { .. } => (
+                StatusCode::CONFLICT,
+                "insufficient_scope",
+                "Insufficient scope",
+            ),
+            Error::ReauthRequired { .. } => (
+                StatusCode::CONFLICT,
+                "reauth_required",
+                "Authorization required again",
+            ),
+            Error::ProviderFailed(_) => (
+                StatusCode::BAD_GATEWAY,
+                "provider_error",
+                "The provider failed",
+            ),
+            Error::RefreshBusy => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "provider_unavailable",
+                "Refresh in progress",
+            ),
         }
     }
 
@@ -132,6 +232,12 @@ impl Error {
             status: status.as_u16(),
             detail,
             code,
+            url: match self {
+                Error::NotConnected { url, .. }
+                | Error::InsufficientScope { url, .. }
+                | Error::ReauthRequired { url, .. } => Some(url.clone()),
+                _ => None,
+            },
         }
     }
 }
@@ -146,9 +252,17 @@ impl IntoResponse for Error {
             StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let retry_after = match &self {
             Error::RateLimited(seconds) => Some(*seconds),
+            Error::ProviderFailed(_) | Error::OAuth(OAuthError::ProviderFailed(_)) => Some(5),
+            Error::RefreshBusy => Some(1),
             _ => None,
         };
         let mut resp = (status, Json(problem)).into_response();
+        if matches!(self, Error::AgentUnauthorized) {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"strongbox\""),
+            );
+        }
         if let Some(v) = retry_after.and_then(|s| HeaderValue::from_str(&s.to_string()).ok()) {
             resp.headers_mut().insert(header::RETRY_AFTER, v);
         }

@@ -19,6 +19,7 @@
     )
 )]
 
+pub mod agents;
 pub mod audit;
 pub mod cli;
 pub mod clock;
@@ -29,10 +30,12 @@ pub mod executor;
 pub mod http;
 pub mod oauth;
 pub mod oidc;
+pub mod policy;
 pub mod providers;
 pub mod secret;
 pub mod sessions;
 pub mod store;
+pub mod tools;
 pub mod vault;
 
 #[cfg(test)]

@@ -56,6 +56,15 @@ secret_string!(
     ClientSecret
 );
 secret_string!(
+    /// An agent service's bearer secret. Shown once at registration; only its SHA-256
+    /// digest is stored.
+    AgentSecret
+);
+secret_string!(
+    /// A delegation token, held by an agent. Only its SHA-256 digest is stored.
+    DelegationToken
+);
+secret_string!(
     /// The secret in a browser's session cookie. Only its SHA-256 digest is stored.
     SessionToken
 );

@@ -9,8 +9,10 @@
 
 use std::sync::Arc;
 
+mod broker;
 mod revoke;
 
+pub use broker::{Broker, Caller, REFRESH_MARGIN, Released, ToolOutput};
 pub use revoke::{Revocation, Revoked};
 
 use crate::vault::{SealedCredential, TokenSet, Vault, VaultError};

@@ -28,16 +28,16 @@ struct Bucket {
     at: Instant,
 }
 
-/// Token buckets by client address.
+/// Token buckets by key: client address for sign-in routes, agent for `/v1`.
 #[derive(Debug)]
-pub struct RateLimiter {
+pub struct RateLimiter<K = IpAddr> {
     per_second: f64,
     burst: f64,
-    buckets: Mutex<HashMap<IpAddr, Bucket>>,
+    buckets: Mutex<HashMap<K, Bucket>>,
 }
 
-impl RateLimiter {
-    pub fn new(per_second: f64, burst: u32) -> RateLimiter {
+impl<K: std::hash::Hash + Eq> RateLimiter<K> {
+    pub fn new(per_second: f64, burst: u32) -> RateLimiter<K> {
         RateLimiter {
             per_second,
             burst: f64::from(burst),
@@ -46,7 +46,7 @@ impl RateLimiter {
     }
 
     /// Takes one token for `ip`; `Err(seconds)` to wait when the bucket is empty.
-    pub fn take(&self, ip: IpAddr) -> Result<(), u64> {
+    pub fn take(&self, ip: K) -> Result<(), u64> {
         let now = Instant::now();
         let Ok(mut map) = self.buckets.lock() else {
             return Ok(());

@@ -1,5 +1,6 @@
 //! The HTTP surface: router, shared state and response-wide layers.
 
+pub mod agent;
 pub mod browser;
 pub mod guard;
 mod ops;
@@ -32,6 +33,12 @@ pub struct AppState {
     pub oauth: Arc<OAuth>,
     pub limiter: Arc<guard::RateLimiter>,
     pub clock: Arc<dyn Clock>,
+    pub agents: Arc<crate::agents::Agents>,
+    pub policies: Arc<crate::policy::Policies>,
+    pub tools: Arc<std::collections::BTreeMap<String, crate::tools::Tool>>,
+    pub broker: Arc<crate::executor::Broker>,
+    /// Per-agent limit on `/v1/*`.
+    pub agent_limiter: Arc<guard::RateLimiter<String>>,
     /// The Content-Security-Policy, computed once from the configured providers.
     csp: HeaderValue,
 }
@@ -70,12 +77,50 @@ impl AppState {
         .map_err(|e| {
             crate::config::ConfigError::Parse(format!("cannot build the HTTP client: {e}"))
         })?;
+        let oauth = Arc::new(oauth);
+        let policies = crate::policy::Policies::load(&config.policies_dir).map_err(|e| {
+            crate::config::ConfigError::Invalid {
+                key: "policies_dir".into(),
+                reason: e.to_string(),
+            }
+        })?;
+        let tools = crate::tools::resolve(&config)?;
+        for (name, t) in &config.tools {
+            if !providers.contains_key(&t.provider) {
+                return Err(crate::config::ConfigError::Invalid {
+                    key: format!("tools.\"{name}\""),
+                    reason: format!(
+                        "provider {:?} is not in the catalogue or the config",
+                        t.provider
+                    ),
+                });
+            }
+        }
+        let broker = crate::executor::Broker::new(
+            Arc::clone(&vault),
+            Arc::clone(&oauth),
+            db.clone(),
+            Arc::clone(&clock),
+            config.provider_timeout,
+        )
+        .map_err(|e| {
+            crate::config::ConfigError::Parse(format!("cannot build the HTTP client: {e}"))
+        })?;
+        let rate = config.agent_rate_limit;
         Ok(AppState {
+            agents: Arc::new(crate::agents::Agents::new(db.clone(), Arc::clone(&clock))),
+            policies: Arc::new(policies),
+            tools: Arc::new(tools),
+            broker: Arc::new(broker),
+            agent_limiter: Arc::new(guard::RateLimiter::new(
+                f64::from(rate),
+                rate.saturating_mul(2),
+            )),
             config: Arc::new(config),
             db,
             vault,
             sessions,
-            oauth: Arc::new(oauth),
+            oauth,
             // Sign-in routes: a burst of 20, then one request a second per address.
             limiter: Arc::new(guard::RateLimiter::new(1.0, 20)),
             clock,
@@ -111,6 +156,9 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/api/connections", get(browser::connections))
         .route("/api/connections/{id}", delete(browser::disconnect))
+        .route("/api/delegations", post(agent::delegate))
+        .route("/v1/tools/{tool}/run", post(agent::run_tool))
+        .route("/v1/credentials/{provider}", post(agent::release))
         .fallback(|| async { Error::NotFound })
         .layer(axum::extract::DefaultBodyLimit::max(guard::MAX_BODY))
         .layer(middleware::from_fn(pages::friendly_errors))

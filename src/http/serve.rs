@@ -32,6 +32,7 @@ pub async fn run(config: Config) -> Result<ExitCode, CliError> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let state = AppState::build(config, db.clone(), Arc::new(vault), clock)?;
     tokio::spawn(housekeeping(state.clone()));
+    tokio::spawn(refresher(state.clone()));
     tracing::info!(%addr, backend = db.backend().name(), primary_kek = primary, "strongbox listening");
     axum::serve(
         listener,
@@ -54,6 +55,56 @@ async fn housekeeping(app: AppState) {
         match (sessions, flows) {
             (Ok(s), Ok(f)) => tracing::debug!(sessions = s, flows = f, "purged expired records"),
             (Err(e), _) | (_, Err(e)) => tracing::warn!(error = %e, "housekeeping failed"),
+        }
+        if let Err(e) = app.agents.purge().await {
+            tracing::warn!(error = %e, "purging expired delegations failed");
+        }
+    }
+}
+
+/// Tokens that expire within this many seconds are refreshed in the background.
+const REFRESH_AHEAD: i64 = 300;
+
+/// Every 30 s: refresh access tokens nearing expiry, four at a time, each after a random
+/// delay of up to two seconds so instances sharing a database do not move in step (the
+/// refresh lease makes a collision harmless anyway).
+async fn refresher(app: AppState) {
+    let limit = Arc::new(tokio::sync::Semaphore::new(4));
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
+    loop {
+        tick.tick().await;
+        let now = app.clock.unix();
+        let ids =
+            match crate::store::connection::expiring(app.db.pool(), now + REFRESH_AHEAD, now, 100)
+                .await
+            {
+                Ok(ids) => ids,
+                Err(e) => {
+                    tracing::warn!(error = %e, "listing expiring tokens failed");
+                    continue;
+                }
+            };
+        for id in ids {
+            let Ok(permit) = Arc::clone(&limit).acquire_owned().await else {
+                return;
+            };
+            let app = app.clone();
+            tokio::spawn(async move {
+                let mut r = [0u8; 2];
+                let jitter = match crate::crypto::fill_random(&mut r) {
+                    Ok(()) => u64::from(u16::from_le_bytes(r)) % 2000,
+                    Err(_) => 1000,
+                };
+                tokio::time::sleep(std::time::Duration::from_millis(jitter)).await;
+                match app.broker.refresh_ahead(&id, REFRESH_AHEAD).await {
+                    Ok(true) => tracing::debug!(connection = %id, "refreshed ahead of expiry"),
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::info!(connection = %id, error = %e, "background refresh failed")
+                    }
+                }
+                drop(permit);
+            });
         }
     }
 }

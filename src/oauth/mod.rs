@@ -260,6 +260,23 @@ impl OAuth {
         }
     }
 
+    /// Where a user (re)connects `provider` with `scopes`: the URL a `reauth_required`,
+    /// `not_connected` or `insufficient_scope` problem points at.
+    pub fn connect_url(&self, provider: &str, scopes: &[String]) -> String {
+        let list: Vec<String> = scopes.iter().map(|s| form_encode(s)).collect();
+        format!(
+            "{}/connect/{}?scopes={}",
+            self.public_url,
+            form_encode(provider),
+            list.join(",")
+        )
+    }
+
+    /// Whether `provider` is configured (has a client).
+    pub fn is_configured(&self, provider: &str) -> bool {
+        self.clients.contains_key(provider)
+    }
+
     /// Providers configured for sign-in, by name and display name.
     pub fn login_providers(&self) -> Vec<(String, String)> {
         self.clients

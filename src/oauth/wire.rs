@@ -19,13 +19,51 @@ impl OAuth {
         verifier: &str,
         requested: &str,
     ) -> Result<TokenSet, OAuthError> {
-        let p = &c.provider;
-        let mut form = vec![
+        let form = vec![
             ("grant_type", "authorization_code".to_owned()),
             ("code", code.to_owned()),
-            ("redirect_uri", self.redirect_uri(&p.name)),
+            ("redirect_uri", self.redirect_uri(&c.provider.name)),
             ("code_verifier", verifier.to_owned()),
         ];
+        self.token_call(c, token_url, form, requested).await
+    }
+
+    /// Uses a refresh token at `provider`'s token endpoint. The scopes are sent again
+    /// where the provider needs them (Microsoft); a response without `scope` keeps
+    /// `scopes`. An `invalid_grant` answer is [`OAuthError::ProviderError`], anything else
+    /// that fails is [`OAuthError::ProviderFailed`].
+    pub(crate) async fn refresh_grant(
+        &self,
+        provider: &str,
+        refresh_token: &RefreshToken,
+        scopes: &[String],
+    ) -> Result<TokenSet, OAuthError> {
+        let c = self
+            .clients
+            .get(provider)
+            .ok_or(OAuthError::UnknownProvider)?;
+        let endpoints = self.endpoints(c).await?;
+        let requested = scopes.join(&c.provider.scope_separator);
+        let mut form = vec![
+            ("grant_type", "refresh_token".to_owned()),
+            ("refresh_token", refresh_token.reveal().to_owned()),
+        ];
+        if c.provider.quirks.refresh_needs_scope {
+            form.push(("scope", requested.clone()));
+        }
+        self.token_call(c, &endpoints.token, form, &requested).await
+    }
+
+    /// POSTs a grant to the token endpoint with the client's authentication and reads the
+    /// token set.
+    async fn token_call(
+        &self,
+        c: &Client,
+        token_url: &str,
+        mut form: Vec<(&str, String)>,
+        requested: &str,
+    ) -> Result<TokenSet, OAuthError> {
+        let p = &c.provider;
         let mut req = self
             .http
             .post(token_url)
@@ -45,6 +83,9 @@ impl OAuth {
             .map(|(k, v)| format!("{k}={}", form_encode(v)))
             .collect::<Vec<_>>()
             .join("&");
+        for (_, v) in &mut form {
+            zeroize::Zeroize::zeroize(v);
+        }
         let resp = req
             .header("Content-Type", "application/x-www-form-urlencoded")
             .body(body)

@@ -125,8 +125,8 @@ pub async fn insert(conn: &mut Conn, new: &NewEnvelope<'_>) -> Result<bool, sqlx
 pub async fn replace(conn: &mut Conn, new: &NewEnvelope<'_>) -> Result<u64, sqlx::Error> {
     Ok(sqlx::query(
         "UPDATE connection SET scopes = $2, status = 'active', kek_version = $3, \
-         generation = generation + 1, envelope = $4, expires_at = $5, updated_at = $6 \
-         WHERE id = $1",
+         generation = generation + 1, envelope = $4, expires_at = $5, updated_at = $6, \
+         refresh_lease_until = NULL WHERE id = $1",
     )
     .bind(new.id)
     .bind(new.scopes)
@@ -317,4 +317,79 @@ pub async fn set_status(conn: &mut Conn, id: &str, status: &str) -> Result<u64, 
             .await?
             .rows_affected(),
     )
+}
+
+/// Takes the refresh lease of a connection until `until`, unless another holder's lease
+/// is still running at `now`. One statement, so it is atomic on both backends.
+pub async fn take_refresh_lease<'e, E>(
+    e: E,
+    id: &str,
+    now: i64,
+    until: i64,
+) -> Result<bool, sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    Ok(sqlx::query(
+        "UPDATE connection SET refresh_lease_until = $2 \
+         WHERE id = $1 AND (refresh_lease_until IS NULL OR refresh_lease_until <= $3)",
+    )
+    .bind(id)
+    .bind(until)
+    .bind(now)
+    .execute(e)
+    .await?
+    .rows_affected()
+        > 0)
+}
+
+/// Gives the refresh lease back.
+pub async fn release_refresh_lease(conn: &mut Conn, id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE connection SET refresh_lease_until = NULL WHERE id = $1")
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Records a use of the credential.
+pub async fn touch(conn: &mut Conn, id: &str, now: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE connection SET last_used_at = $2 WHERE id = $1")
+        .bind(id)
+        .bind(now)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Connections whose access token expires before `before` and that may be refreshed
+/// (active, not leased): ids, oldest expiry first.
+pub async fn expiring<'e, E>(
+    e: E,
+    before: i64,
+    now: i64,
+    limit: i64,
+) -> Result<Vec<String>, sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    sqlx::query_scalar(
+        "SELECT id FROM connection WHERE status = 'active' AND expires_at IS NOT NULL \
+         AND expires_at < $1 AND (refresh_lease_until IS NULL OR refresh_lease_until <= $2) \
+         ORDER BY expires_at LIMIT $3",
+    )
+    .bind(before)
+    .bind(now)
+    .bind(limit)
+    .fetch_all(e)
+    .await
+}
+
+/// Deletes every connection of a user; returns their ids and providers.
+pub async fn delete_for_user(conn: &mut Conn, user_id: &str) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query("DELETE FROM connection WHERE user_id = $1")
+        .bind(user_id)
+        .execute(conn)
+        .await?
+        .rows_affected())
 }

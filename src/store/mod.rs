@@ -8,6 +8,7 @@
 //! front (`BEGIN IMMEDIATE`) so a transaction never fails half-way on a stale snapshot.
 //! A database failure is an `Err`, never a swallowed `None`.
 
+pub mod agents;
 pub mod audit;
 pub mod connection;
 pub mod identities;

@@ -8,6 +8,7 @@
     clippy::indexing_slicing
 )]
 
+mod agents;
 mod browser;
 mod cli;
 mod kat;

@@ -1,0 +1,216 @@
+//! Routes for agent services (`/v1/*`, bearer agent secret + `Strongbox-Delegation`) and
+//! the browser route that issues delegations (`POST /api/delegations`).
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::browser::{SignedIn, require_csrf};
+use crate::agents::{DEFAULT_TTL, DelegationRefused, Grant, MAX_TTL};
+use crate::clock::rfc3339;
+use crate::error::Error;
+use crate::executor::Caller;
+use crate::tools::ArgError;
+
+/// The delegation header.
+pub const DELEGATION_HEADER: &str = "strongbox-delegation";
+
+/// An authenticated agent with a valid delegation, rate-limited per agent.
+pub struct AgentCaller(pub Caller);
+
+fn request_id(parts: &Parts) -> String {
+    parts
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            (1..=64).contains(&v.len())
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+        .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned)
+}
+
+impl FromRequestParts<AppState> for AgentCaller {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, Error> {
+        let bearer = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or(Error::AgentUnauthorized)?;
+        let agent = app
+            .agents
+            .authenticate(bearer.trim())
+            .await?
+            .ok_or(Error::AgentUnauthorized)?;
+        app.agent_limiter
+            .take(agent.name.clone())
+            .map_err(Error::RateLimited)?;
+        let token = parts
+            .headers
+            .get(DELEGATION_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .ok_or(Error::DelegationInvalid)?;
+        let delegation = match app.agents.delegation(&agent, token.trim()).await? {
+            Ok(d) => d,
+            Err(DelegationRefused::Invalid) => return Err(Error::DelegationInvalid),
+            Err(DelegationRefused::OtherAgent) => return Err(Error::DelegationForeign),
+            Err(DelegationRefused::Expired) => return Err(Error::DelegationExpired),
+        };
+        Ok(AgentCaller(Caller {
+            agent: agent.name,
+            delegation,
+            request_id: request_id(parts),
+        }))
+    }
+}
+
+/// Parses a JSON body (an empty body is `{}`), as a 400 `invalid_request` when it is not.
+fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Error> {
+    let bytes: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        body
+    };
+    serde_json::from_slice(bytes).map_err(|e| Error::BadRequest(format!("the JSON body: {e}")))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunBody {
+    #[serde(default)]
+    args: serde_json::Map<String, Value>,
+}
+
+/// `POST /v1/tools/{tool}/run` — runs a tool in the delegating user's context.
+pub async fn run_tool(
+    State(app): State<AppState>,
+    AgentCaller(caller): AgentCaller,
+    Path(tool): Path<String>,
+    body: Bytes,
+) -> Result<Response, Error> {
+    let tool = app
+        .tools
+        .get(&tool)
+        .ok_or_else(|| Error::UnknownTool(tool.clone()))?;
+    if !caller.delegation.tools.iter().any(|t| t == &tool.name) {
+        return Err(Error::ToolNotDelegated(tool.name.clone()));
+    }
+    let body: RunBody = json_body(&body)?;
+    let url = tool.request_url(&body.args)?;
+    let out = app.broker.run(&caller, &app.policies, tool, url).await?;
+    Ok(Json(out).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReleaseBody {
+    scopes: Option<Vec<String>>,
+}
+
+/// `POST /v1/credentials/{provider}` — raw release, where policy allows.
+pub async fn release(
+    State(app): State<AppState>,
+    AgentCaller(caller): AgentCaller,
+    Path(provider): Path<String>,
+    body: Bytes,
+) -> Result<Response, Error> {
+    let body: ReleaseBody = json_body(&body)?;
+    let released = app
+        .broker
+        .release(&caller, &app.policies, &provider, body.scopes)
+        .await?;
+    let mut resp = (StatusCode::OK, released.0.to_string()).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/json"),
+    );
+    Ok(resp)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DelegateBody {
+    agent: String,
+    #[serde(default)]
+    tools: Vec<String>,
+    #[serde(default)]
+    providers: Vec<String>,
+    ttl: Option<i64>,
+}
+
+fn bad_arg(name: &str, reason: &'static str) -> Error {
+    Error::InvalidArgument(ArgError {
+        name: name.to_owned(),
+        reason,
+    })
+}
+
+/// `POST /api/delegations` — the signed-in user lets an agent act for them.
+pub async fn delegate(
+    State(app): State<AppState>,
+    me: SignedIn,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Error> {
+    require_csrf(&app, &headers, &me.token, None)?;
+    let body: DelegateBody = json_body(&body)?;
+    let agent = app
+        .agents
+        .by_name(&body.agent)
+        .await?
+        .ok_or_else(|| bad_arg("agent", "is not a registered agent"))?;
+    if body.tools.is_empty() && body.providers.is_empty() {
+        return Err(bad_arg("tools", "name at least one tool or provider"));
+    }
+    for t in &body.tools {
+        if !app.tools.contains_key(t) {
+            return Err(Error::InvalidArgument(ArgError {
+                name: format!("tools: {t}"),
+                reason: "is not a known tool",
+            }));
+        }
+    }
+    for p in &body.providers {
+        if !app.oauth.is_configured(p) {
+            return Err(Error::InvalidArgument(ArgError {
+                name: format!("providers: {p}"),
+                reason: "is not a configured provider",
+            }));
+        }
+    }
+    let ttl = body.ttl.unwrap_or(DEFAULT_TTL);
+    if !(1..=MAX_TTL).contains(&ttl) {
+        return Err(bad_arg("ttl", "must be between 1 and 3600 seconds"));
+    }
+    let grant = Grant {
+        agent: agent.name.clone(),
+        tools: body.tools,
+        providers: body.providers,
+        ttl,
+    };
+    let mut tx = app.db.begin().await?;
+    let (token, expires_at) = app
+        .agents
+        .delegate(&mut tx, &me.user_id, &agent, &grant)
+        .await?;
+    tx.commit().await?;
+    let body = zeroize::Zeroizing::new(
+        json!({ "token": token.reveal(), "expires_at": rfc3339(expires_at) }).to_string(),
+    );
+    let mut resp = (StatusCode::CREATED, body.to_string()).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/json"),
+    );
+    Ok(resp)
+}

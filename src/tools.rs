@@ -1,0 +1,441 @@
+//! Tools as data (SPEC §8): an HTTP action against a provider's API, with arguments that
+//! may fill whole path segments and declared query names, and nothing else.
+//!
+//! The URL template is split once, at load, into a fixed origin (scheme, host, port), a
+//! list of path segments (literal or `{name}`), and the allowed query names. A request URL
+//! is assembled from those parts: an argument is percent-encoded as one segment (every
+//! byte but the unreserved ones), `.` and `..` are refused (they are dot-segments that
+//! would climb the path), and the result is parsed again and checked to have the same
+//! origin and path prefix. No argument can change where a credential is sent.
+
+use std::collections::BTreeMap;
+
+use reqwest::Url;
+use serde_json::Value;
+
+use crate::config::{Config, ConfigError};
+
+/// A tool from the catalogue or the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tool {
+    pub name: String,
+    pub provider: String,
+    pub method: reqwest::Method,
+    /// The template as written.
+    pub url: String,
+    origin: Url,
+    segments: Vec<Segment>,
+    pub query: Vec<String>,
+    pub scopes: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    Arg(String),
+}
+
+/// An argument that cannot be used, by name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("argument {name:?}: {reason}")]
+pub struct ArgError {
+    pub name: String,
+    pub reason: &'static str,
+}
+
+struct Builtin {
+    name: &'static str,
+    provider: &'static str,
+    method: &'static str,
+    url: &'static str,
+    query: &'static [&'static str],
+    scopes: &'static [&'static str],
+}
+
+/// Built-in tools; config entries with the same name replace them.
+const BUILTIN: &[Builtin] = &[
+    Builtin {
+        name: "spotify.me",
+        provider: "spotify",
+        method: "GET",
+        url: "https://api.spotify.com/v1/me",
+        query: &[],
+        scopes: &["user-read-private"],
+    },
+    Builtin {
+        name: "google.calendar.events",
+        provider: "google",
+        method: "GET",
+        url: "https://www.googleapis.com/calendar/v3/calendars/{calendar_id}/events",
+        query: &["maxResults", "timeMin"],
+        scopes: &["https://www.googleapis.com/auth/calendar.readonly"],
+    },
+    Builtin {
+        name: "github.user",
+        provider: "github",
+        method: "GET",
+        url: "https://api.github.com/user",
+        query: &[],
+        scopes: &["read:user"],
+    },
+    Builtin {
+        name: "discord.me",
+        provider: "discord",
+        method: "GET",
+        url: "https://discord.com/api/users/@me",
+        query: &[],
+        scopes: &["identify"],
+    },
+    Builtin {
+        name: "microsoft.me",
+        provider: "microsoft",
+        method: "GET",
+        url: "https://graph.microsoft.com/v1.0/me",
+        query: &[],
+        scopes: &["User.Read"],
+    },
+];
+
+fn invalid(name: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: format!("tools.\"{name}\""),
+        reason: reason.into(),
+    }
+}
+
+fn valid_tool_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+}
+
+impl Tool {
+    /// Parses and checks one tool definition.
+    pub fn new(
+        name: &str,
+        provider: &str,
+        method: &str,
+        url: &str,
+        query: Vec<String>,
+        scopes: Vec<String>,
+    ) -> Result<Tool, ConfigError> {
+        if !valid_tool_name(name) {
+            return Err(invalid(
+                name,
+                "tool names are letters, digits, '.', '-' and '_'",
+            ));
+        }
+        let method = match method.to_ascii_uppercase().as_str() {
+            m @ ("GET" | "POST" | "PUT" | "PATCH" | "DELETE") => {
+                reqwest::Method::from_bytes(m.as_bytes())
+                    .map_err(|_| invalid(name, "bad method"))?
+            }
+            other => return Err(invalid(name, format!("method {other:?} is not supported"))),
+        };
+        let (base, path) = match url.find("://").and_then(|i| {
+            url[i + 3..]
+                .find('/')
+                .map(|j| (&url[..i + 3 + j], &url[i + 3 + j..]))
+        }) {
+            Some((base, path)) => (base, path),
+            None => (url, "/"),
+        };
+        if path.contains(['?', '#']) {
+            return Err(invalid(
+                name,
+                "the url may not carry a query or fragment; declare query names instead",
+            ));
+        }
+        let origin = Url::parse(base).map_err(|e| invalid(name, format!("url: {e}")))?;
+        if !matches!(origin.scheme(), "https" | "http")
+            || origin.host_str().is_none()
+            || base.contains(['{', '}', '@'])
+        {
+            return Err(invalid(
+                name,
+                "the url needs an http(s) scheme and a fixed host, without user info",
+            ));
+        }
+        let mut segments = Vec::new();
+        for seg in path.split('/').skip(1) {
+            if let Some(arg) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                if arg.is_empty() || !arg.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    return Err(invalid(name, format!("bad placeholder {seg:?}")));
+                }
+                segments.push(Segment::Arg(arg.to_owned()));
+            } else if seg.contains(['{', '}']) || seg == "." || seg == ".." {
+                return Err(invalid(
+                    name,
+                    format!("segment {seg:?}: a placeholder must be a whole segment"),
+                ));
+            } else {
+                segments.push(Segment::Literal(seg.to_owned()));
+            }
+        }
+        Ok(Tool {
+            name: name.to_owned(),
+            provider: provider.to_owned(),
+            method,
+            url: url.to_owned(),
+            origin,
+            segments,
+            query,
+            scopes,
+        })
+    }
+
+    /// The names of the path arguments.
+    pub fn path_args(&self) -> impl Iterator<Item = &str> {
+        self.segments.iter().filter_map(|s| match s {
+            Segment::Arg(a) => Some(a.as_str()),
+            Segment::Literal(_) => None,
+        })
+    }
+
+    /// The request URL for `args`. Every path argument is required; every argument must
+    /// be a path argument or a declared query name, and a string, number or boolean.
+    pub fn request_url(&self, args: &serde_json::Map<String, Value>) -> Result<Url, ArgError> {
+        let text = |name: &str, v: &Value| -> Result<String, ArgError> {
+            match v {
+                Value::String(s) => Ok(s.clone()),
+                Value::Number(n) => Ok(n.to_string()),
+                Value::Bool(b) => Ok(b.to_string()),
+                _ => Err(ArgError {
+                    name: name.to_owned(),
+                    reason: "must be a string, number or boolean",
+                }),
+            }
+        };
+        for key in args.keys() {
+            if !self.path_args().any(|a| a == key) && !self.query.iter().any(|q| q == key) {
+                return Err(ArgError {
+                    name: key.clone(),
+                    reason: "is not an argument of this tool",
+                });
+            }
+        }
+        let mut path = String::new();
+        let mut prefix_len = None;
+        for seg in &self.segments {
+            path.push('/');
+            match seg {
+                Segment::Literal(l) => path.push_str(l),
+                Segment::Arg(a) => {
+                    prefix_len.get_or_insert(path.len());
+                    let value = args.get(a).ok_or_else(|| ArgError {
+                        name: a.clone(),
+                        reason: "is required",
+                    })?;
+                    let value = text(a, value)?;
+                    if value.is_empty() || value == "." || value == ".." {
+                        return Err(ArgError {
+                            name: a.clone(),
+                            reason: "may not be empty, '.' or '..'",
+                        });
+                    }
+                    if value.len() > 1024 {
+                        return Err(ArgError {
+                            name: a.clone(),
+                            reason: "is longer than 1024 bytes",
+                        });
+                    }
+                    path.push_str(&encode_segment(&value));
+                }
+            }
+        }
+        if path.is_empty() {
+            path.push('/');
+        }
+        let mut url = self.origin.clone();
+        url.set_path(&path);
+        {
+            let mut pairs = url.query_pairs_mut();
+            for q in &self.query {
+                if let Some(v) = args.get(q) {
+                    pairs.append_pair(q, &text(q, v)?);
+                }
+            }
+        }
+        if url.query() == Some("") {
+            url.set_query(None);
+        }
+        // Belt and braces: the assembled URL, parsed again, keeps the origin and the
+        // fixed part of the path.
+        let reparsed = Url::parse(url.as_str()).map_err(|_| ArgError {
+            name: String::new(),
+            reason: "does not make a valid URL",
+        })?;
+        let fixed = &path[..prefix_len.unwrap_or(path.len())];
+        if reparsed.scheme() != self.origin.scheme()
+            || reparsed.host_str() != self.origin.host_str()
+            || reparsed.port_or_known_default() != self.origin.port_or_known_default()
+            || !reparsed.path().starts_with(fixed)
+            || reparsed.path() != path
+        {
+            return Err(ArgError {
+                name: String::new(),
+                reason: "would change the tool's address",
+            });
+        }
+        Ok(reparsed)
+    }
+
+    /// Whether `url` is on this tool's origin (for redirects).
+    pub fn same_origin(&self, url: &Url) -> bool {
+        url.scheme() == self.origin.scheme()
+            && url.host_str() == self.origin.host_str()
+            && url.port_or_known_default() == self.origin.port_or_known_default()
+    }
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+fn encode_segment(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The built-in tools plus the config's, by name.
+pub fn resolve(config: &Config) -> Result<BTreeMap<String, Tool>, ConfigError> {
+    let mut out = BTreeMap::new();
+    for b in BUILTIN {
+        let owned = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let tool = Tool::new(
+            b.name,
+            b.provider,
+            b.method,
+            b.url,
+            owned(b.query),
+            owned(b.scopes),
+        )?;
+        out.insert(b.name.to_owned(), tool);
+    }
+    for (name, t) in &config.tools {
+        let tool = Tool::new(
+            name,
+            &t.provider,
+            &t.method,
+            &t.url,
+            t.query.clone(),
+            t.scopes.clone(),
+        )?;
+        out.insert(name.clone(), tool);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tool() -> Tool {
+        Tool::new(
+            "t",
+            "google",
+            "GET",
+            "https://api.example.com:8443/v3/calendars/{calendar_id}/events",
+            vec!["maxResults".into()],
+            vec![],
+        )
+        .unwrap()
+    }
+
+    fn args(v: Value) -> serde_json::Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn arguments_fill_one_segment_and_declared_queries() {
+        let url = tool()
+            .request_url(&args(
+                serde_json::json!({"calendar_id": "primary", "maxResults": 5}),
+            ))
+            .unwrap();
+        assert_eq!(
+            url.as_str(),
+            "https://api.example.com:8443/v3/calendars/primary/events?maxResults=5"
+        );
+    }
+
+    #[test]
+    fn argument_attacks_stay_on_the_tool_host() {
+        let t = tool();
+        for evil in [
+            "../../admin",
+            "a/b",
+            "//evil.example",
+            "@evil.example",
+            "evil.example:80",
+            "%2F..%2Fadmin",
+            "%2e%2e",
+            "..%2F",
+            "?x=1",
+            "#frag",
+            "a\\b",
+            "\u{0}",
+            "http://evil.example/",
+            "ü/../x",
+        ] {
+            let url = t
+                .request_url(&args(serde_json::json!({ "calendar_id": evil })))
+                .unwrap();
+            assert_eq!(url.host_str(), Some("api.example.com"), "{evil}");
+            assert_eq!(url.port(), Some(8443), "{evil}");
+            assert!(url.path().starts_with("/v3/calendars/"), "{evil}: {url}");
+            assert!(url.path().ends_with("/events"), "{evil}: {url}");
+            assert_eq!(url.path().matches('/').count(), 4, "{evil}: {url}");
+            assert!(url.query().is_none() && url.fragment().is_none(), "{evil}");
+        }
+        for dots in [".", ".."] {
+            let err = t
+                .request_url(&args(serde_json::json!({ "calendar_id": dots })))
+                .unwrap_err();
+            assert_eq!(err.name, "calendar_id");
+        }
+    }
+
+    #[test]
+    fn bad_arguments_are_named() {
+        let t = tool();
+        let err = t.request_url(&args(serde_json::json!({}))).unwrap_err();
+        assert_eq!(
+            (err.name.as_str(), err.reason),
+            ("calendar_id", "is required")
+        );
+        let err = t
+            .request_url(&args(
+                serde_json::json!({"calendar_id": "x", "access_token": "y"}),
+            ))
+            .unwrap_err();
+        assert_eq!(err.name, "access_token");
+        let err = t
+            .request_url(&args(serde_json::json!({"calendar_id": {"a": 1}})))
+            .unwrap_err();
+        assert_eq!(err.name, "calendar_id");
+    }
+
+    #[test]
+    fn templates_are_checked() {
+        for bad in [
+            "ftp://x.example/a",
+            "https://{host}/a",
+            "https://user@x.example/a",
+            "https://x.example/a{b}",
+            "https://x.example/a?q=1",
+            "https://x.example/../a",
+        ] {
+            assert!(
+                Tool::new("t", "p", "GET", bad, vec![], vec![]).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(Tool::new("t", "p", "TRACE", "https://x.example/", vec![], vec![]).is_err());
+    }
+}
