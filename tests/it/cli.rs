@@ -328,3 +328,45 @@ async fn providers_list_shows_catalogue_and_configuration() {
     assert!(out.status.success(), "{out:?}");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("s3cret"));
 }
+
+/// `check` and `serve` load `policies/*.cedar` against the schema and name what is wrong.
+#[tokio::test]
+async fn policies_are_validated_by_check_and_serve() {
+    let site = Site::new(Engine::Sqlite).await.unwrap();
+    site.ok(&["keys", "init"]);
+    let out = site.ok(&["check"]);
+    assert!(out.contains("0 policies from 0 files"), "{out}");
+    let dir = site.path().join("policies");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("chat.cedar"),
+        include_str!("../../policies/examples/chat-backend.cedar"),
+    )
+    .unwrap();
+    let out = site.ok(&["check"]);
+    assert!(out.contains("3 policies from 1 files"), "{out}");
+
+    for (bad, expect) in [
+        (
+            "permit(principal == User::\"x\", action == Action::\"run_tool\", resource);",
+            "bad.cedar#0",
+        ),
+        (
+            "permit(principal, action == Action::\"run_tool\", resource) when { resource.colour == \"red\" };",
+            "bad.cedar#0",
+        ),
+        ("permit(principal, action", "bad.cedar"),
+    ] {
+        std::fs::write(dir.join("bad.cedar"), bad).unwrap();
+        for args in [&["check"][..], &["serve"][..]] {
+            let out = site
+                .cmd(args)
+                .env("STRONGBOX_LISTEN", "127.0.0.1:0")
+                .output()
+                .unwrap();
+            assert_ne!(out.status.code(), Some(0), "{args:?} accepted {bad}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains(expect), "{args:?} {bad}: {err}");
+        }
+    }
+}
