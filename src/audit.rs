@@ -172,6 +172,40 @@ pub async fn append(conn: &mut Conn, at_ms: i64, event: Event) -> Result<i64, sq
     Ok(seq)
 }
 
+/// Appends `events` in order inside the caller's transaction with two statements (one
+/// head update, one insert), whatever their number; returns the last sequence number.
+pub async fn append_many(conn: &mut Conn, events: Vec<(i64, Event)>) -> Result<i64, sqlx::Error> {
+    let n = i64::try_from(events.len()).unwrap_or(i64::MAX);
+    if n == 0 {
+        return rows::head(&mut *conn).await.map(|(seq, _)| seq);
+    }
+    let (last, mut prev_hash) = rows::advance_head_by(conn, n).await?;
+    let first = last - n + 1;
+    let mut out = Vec::with_capacity(events.len());
+    for (i, (at_ms, event)) in (0i64..).zip(events) {
+        let mut row = EventRow {
+            seq: first + i,
+            at_ms,
+            kind: event.kind.as_str().to_owned(),
+            actor: event.actor.encode(),
+            subject: event.subject,
+            outcome: event.outcome.as_str().to_owned(),
+            request_id: event.request_id,
+            detail: event.detail.to_string(),
+            prev_hash,
+            hash: Vec::new(),
+        };
+        row.hash = chain_hash(&row).to_vec();
+        prev_hash = row.hash.clone();
+        out.push(row);
+    }
+    // Large batches go in slices that stay under every backend's bind-parameter limit.
+    for chunk in out.chunks(500) {
+        rows::insert_many(conn, chunk).await?;
+    }
+    Ok(last)
+}
+
 /// The hash of an event: SHA-256 over a canonical, length-prefixed encoding.
 pub fn chain_hash(e: &EventRow) -> [u8; 32] {
     let seq = e.seq.to_be_bytes();
@@ -324,6 +358,44 @@ mod tests {
             let v = verify(&t.db).await.unwrap();
             assert_eq!(v.events, 5);
             assert_eq!(v.head.len(), 64);
+        }
+
+        async fn batches_chain_like_single_appends(t: TestDb) {
+            trail(&t.db, 2).await;
+            let mut tx = t.db.begin().await.unwrap();
+            let batch: Vec<(i64, Event)> = (0..700)
+                .map(|i| (5_000 + i, Event::new(Kind::CredentialReleased, Actor::Agent("a".into()), format!("user:{i}"))))
+                .collect();
+            assert_eq!(append_many(&mut tx, batch).await.unwrap(), 702);
+            tx.commit().await.unwrap();
+            trail(&t.db, 0).await;
+            let mut tx = t.db.begin().await.unwrap();
+            let e = Event::new(Kind::KeyRotated, Actor::Cli, "after");
+            assert_eq!(append(&mut tx, 9_000, e).await.unwrap(), 703);
+            tx.commit().await.unwrap();
+            assert_eq!(verify(&t.db).await.unwrap().events, 703);
+        }
+
+        async fn journal_commits_concurrent_events_in_order(t: TestDb) {
+            let clock: std::sync::Arc<dyn crate::clock::Clock> = std::sync::Arc::new(crate::clock::SystemClock);
+            let journal = crate::journal::Journal::start(t.db.clone(), clock);
+            let tasks: Vec<_> = (0..200)
+                .map(|i| {
+                    let j = journal.clone();
+                    tokio::spawn(async move {
+                        j.record(Event::new(Kind::ToolRun, Actor::Agent("a".into()), format!("user:{i}")), None)
+                            .await
+                            .unwrap()
+                    })
+                })
+                .collect();
+            let mut seqs = Vec::new();
+            for task in tasks {
+                seqs.push(task.await.unwrap());
+            }
+            seqs.sort_unstable();
+            assert_eq!(seqs, (1..=200).collect::<Vec<i64>>(), "every event committed once");
+            assert_eq!(verify(&t.db).await.unwrap().events, 200);
         }
 
         async fn updates_and_deletes_are_refused(t: TestDb) {

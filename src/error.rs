@@ -74,6 +74,8 @@ pub enum Error {
     ProviderFailed(String),
     #[error("a refresh of this credential is in progress elsewhere; retry shortly")]
     RefreshBusy,
+    #[error("{0}")]
+    NotRecorded(String),
 }
 
 /// An RFC 9457 problem document.
@@ -99,6 +101,7 @@ impl Error {
             | Error::Session(_)
             | Error::Agents(_)
             | Error::Policy(_)
+            | Error::NotRecorded(_)
             | Error::OAuth(
                 OAuthError::Database(_) | OAuthError::Vault(_) | OAuthError::Session(_),
             ) => (

@@ -28,6 +28,7 @@ pub mod crypto;
 pub mod error;
 pub mod executor;
 pub mod http;
+pub mod journal;
 pub mod oauth;
 pub mod oidc;
 pub mod policy;

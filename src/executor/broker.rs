@@ -14,11 +14,12 @@ use crate::agents::Delegation;
 use crate::audit::{self, Actor, Event, Kind, Outcome};
 use crate::clock::{Clock, rfc3339};
 use crate::error::Error;
+use crate::journal::Journal;
 use crate::oauth::{OAuth, OAuthError};
 use crate::policy::{Action, Policies};
 use crate::secret::{AccessToken, IdToken, RefreshToken};
+use crate::store::Db;
 use crate::store::connection as conns;
-use crate::store::{Conn, Db};
 use crate::tools::Tool;
 use crate::vault::{Scopes, SealedCredential, TokenSet, Vault};
 
@@ -66,6 +67,7 @@ pub struct Broker {
     clock: Arc<dyn Clock>,
     http: reqwest::Client,
     lease_seconds: i64,
+    journal: Journal,
     flights: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
 }
 
@@ -76,6 +78,7 @@ impl Broker {
         db: Db,
         clock: Arc<dyn Clock>,
         provider_timeout: i64,
+        journal: Journal,
     ) -> Result<Broker, reqwest::Error> {
         // Redirects are followed only on the origin they start from, at most five.
         let policy = reqwest::redirect::Policy::custom(|attempt| {
@@ -103,6 +106,7 @@ impl Broker {
             clock,
             http,
             lease_seconds: provider_timeout + 5,
+            journal,
             flights: Mutex::new(HashMap::new()),
         })
     }
@@ -381,15 +385,13 @@ impl Broker {
         Ok(())
     }
 
-    /// Records a use in `conn`: the audit event and the connection's last use.
-    async fn record_use(
-        &self,
-        conn: &mut Conn,
-        sealed: &SealedCredential,
-        event: Event,
-    ) -> Result<(), Error> {
-        conns::touch(conn, sealed.id(), self.clock.unix()).await?;
-        audit::append(conn, self.clock.unix_ms(), event).await?;
+    /// Records a use durably (group commit): the audit event and the connection's last
+    /// use. Returns only once committed.
+    async fn record_use(&self, sealed: &SealedCredential, event: Event) -> Result<(), Error> {
+        self.journal
+            .record(event, Some(sealed.id().to_owned()))
+            .await
+            .map_err(|e| Error::NotRecorded(e.to_string()))?;
         Ok(())
     }
 
@@ -431,7 +433,6 @@ impl Broker {
         let actor = Actor::Agent(caller.agent.clone());
         let sealed = self.fresh(sealed, &actor).await?;
         // Durable before the token leaves: if this fails, nothing is released.
-        let mut tx = self.db.begin().await?;
         let event = Event::new(
             Kind::CredentialReleased,
             actor,
@@ -442,8 +443,7 @@ impl Broker {
             json!({"agent": caller.agent, "delegation": d.handle, "provider": provider,
                 "connection": sealed.id(), "scopes": scopes, "policies": verdict.policies}),
         );
-        self.record_use(&mut tx, &sealed, event).await?;
-        tx.commit().await?;
+        self.record_use(&sealed, event).await?;
         let expires_at = sealed.expires_at().map(rfc3339);
         let body = self
             .exec
@@ -516,7 +516,6 @@ impl Broker {
             Ok(out) => (Some(out.status), None),
             Err(reason) => (None, Some(reason.clone())),
         };
-        let mut tx = self.db.begin().await?;
         let event = Event::new(Kind::ToolRun, actor, format!("user:{}", d.user_id))
             .request_id(caller.request_id.clone())
             .outcome(if failure.is_some() {
@@ -528,8 +527,7 @@ impl Broker {
                 "provider": tool.provider, "connection": sealed.id(), "method": tool.method.as_str(),
                 "host": url.host_str(), "status": status, "failure": failure,
                 "policies": verdict.policies}));
-        self.record_use(&mut tx, &sealed, event).await?;
-        tx.commit().await?;
+        self.record_use(&sealed, event).await?;
         match (outcome, failure) {
             (Ok(out), None) => Ok(out),
             (_, Some(reason)) => Err(Error::ProviderFailed(reason)),

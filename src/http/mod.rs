@@ -102,6 +102,7 @@ impl AppState {
             db.clone(),
             Arc::clone(&clock),
             config.provider_timeout,
+            crate::journal::Journal::start(db.clone(), Arc::clone(&clock)),
         )
         .map_err(|e| {
             crate::config::ConfigError::Parse(format!("cannot build the HTTP client: {e}"))

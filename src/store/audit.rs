@@ -50,6 +50,57 @@ pub async fn insert(conn: &mut Conn, e: &EventRow) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+/// Takes `n` sequence numbers at once; returns the last one and the previous hash.
+pub async fn advance_head_by(conn: &mut Conn, n: i64) -> Result<(i64, Vec<u8>), sqlx::Error> {
+    let row = sqlx::query("UPDATE audit_head SET seq = seq + $1 WHERE id = 1 RETURNING seq, hash")
+        .bind(n)
+        .fetch_one(conn)
+        .await?;
+    Ok((row.try_get("seq")?, row.try_get("hash")?))
+}
+
+/// Inserts several events with one statement.
+pub async fn insert_many(conn: &mut Conn, events: &[EventRow]) -> Result<(), sqlx::Error> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut sql = String::from(
+        "INSERT INTO audit_event (seq, at_ms, kind, actor, subject, outcome, request_id, detail, \
+         prev_hash, hash) VALUES ",
+    );
+    for i in 0..events.len() {
+        let b = i * 10;
+        if i > 0 {
+            sql.push(',');
+        }
+        sql.push('(');
+        for j in 1..=10 {
+            if j > 1 {
+                sql.push(',');
+            }
+            sql.push('$');
+            sql.push_str(&(b + j).to_string());
+        }
+        sql.push(')');
+    }
+    let mut q = sqlx::query(&sql);
+    for e in events {
+        q = q
+            .bind(e.seq)
+            .bind(e.at_ms)
+            .bind(&e.kind)
+            .bind(&e.actor)
+            .bind(&e.subject)
+            .bind(&e.outcome)
+            .bind(&e.request_id)
+            .bind(&e.detail)
+            .bind(e.prev_hash.as_slice())
+            .bind(e.hash.as_slice());
+    }
+    q.execute(conn).await?;
+    Ok(())
+}
+
 /// The head: newest sequence number and hash.
 pub async fn head<'e, E>(e: E) -> Result<(i64, Vec<u8>), sqlx::Error>
 where

@@ -352,16 +352,6 @@ pub async fn release_refresh_lease(conn: &mut Conn, id: &str) -> Result<(), sqlx
     Ok(())
 }
 
-/// Records a use of the credential.
-pub async fn touch(conn: &mut Conn, id: &str, now: i64) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE connection SET last_used_at = $2 WHERE id = $1")
-        .bind(id)
-        .bind(now)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
 /// Connections whose access token expires before `before` and that may be refreshed
 /// (active, not leased): ids, oldest expiry first.
 pub async fn expiring<'e, E>(
@@ -392,4 +382,25 @@ pub async fn delete_for_user(conn: &mut Conn, user_id: &str) -> Result<u64, sqlx
         .execute(conn)
         .await?
         .rows_affected())
+}
+
+/// Records a use of several credentials at `now` with one statement.
+pub async fn touch_many(conn: &mut Conn, ids: &[&str], now: i64) -> Result<(), sqlx::Error> {
+    for chunk in ids.chunks(500) {
+        let mut sql = String::from("UPDATE connection SET last_used_at = $1 WHERE id IN (");
+        for i in 0..chunk.len() {
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push('$');
+            sql.push_str(&(i + 2).to_string());
+        }
+        sql.push(')');
+        let mut q = sqlx::query(&sql).bind(now);
+        for id in chunk {
+            q = q.bind(*id);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
 }

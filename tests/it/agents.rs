@@ -584,6 +584,41 @@ async fn agents_end_to_end(site: Site) {
         (StatusCode::FORBIDDEN, Some("provider_not_delegated"))
     );
 
+    // If the release cannot be audited, nothing is released.
+    let (block, unblock) = match site.engine {
+        crate::support::Engine::Sqlite => (
+            "CREATE TRIGGER block_audit BEFORE INSERT ON audit_event BEGIN SELECT RAISE(ABORT, 'blocked'); END".to_owned(),
+            "DROP TRIGGER block_audit".to_owned(),
+        ),
+        crate::support::Engine::Postgres => (
+            "CREATE FUNCTION block_audit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'blocked'; END $$; \
+             CREATE TRIGGER block_audit BEFORE INSERT ON audit_event FOR EACH ROW EXECUTE FUNCTION block_audit()".to_owned(),
+            "DROP TRIGGER block_audit ON audit_event; DROP FUNCTION block_audit()".to_owned(),
+        ),
+    };
+    crate::support::sql(&site.url, &block).await;
+    let r = call(
+        &app,
+        "POST",
+        "/v1/credentials/acme",
+        &hs,
+        json!({"scopes": ["email"]}),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.json["code"].as_str()),
+        (StatusCode::INTERNAL_SERVER_ERROR, Some("internal")),
+        "{}",
+        r.text
+    );
+    for t in idp.0.lock().unwrap().issued.clone() {
+        assert!(
+            !r.text.contains(&t),
+            "a token released without its audit event"
+        );
+    }
+    crate::support::sql(&site.url, &unblock).await;
+
     // Expiry: 20 concurrent releases cause exactly one refresh, and all get its token.
     for cycle in 1..=2 {
         clock.advance(2 * 3600);
