@@ -94,6 +94,11 @@ pub fn token_text(token: &DelegationToken) -> Zeroizing<String> {
     Zeroizing::new(token.reveal().to_owned())
 }
 
+/// An agent secret as printed once by `strongbox agents add`.
+pub fn secret_text(secret: &AgentSecret) -> Zeroizing<String> {
+    Zeroizing::new(secret.reveal().to_owned())
+}
+
 /// The agent registry and delegations.
 pub struct Agents {
     db: Db,

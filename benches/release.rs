@@ -1,0 +1,322 @@
+//! Load benchmark of `POST /v1/credentials/{provider}` with a warm, unexpired token: 32
+//! keep-alive connections from a load generator in this process (its own thread and
+//! runtime) against the real server on loopback, every release durably audited (checked
+//! at the end: one `credential.released` event per 200). SQLite, and PostgreSQL when
+//! `DATABASE_URL` is set.
+//!
+//! Two runs per backend: closed loop (each connection sends its next request when the
+//! answer arrives) for the throughput, then open loop at half that rate (requests on a
+//! fixed schedule; latency counted from the scheduled time, so a stall is not hidden).
+//! Targets on the 2-core machine: ≥ 5,000 req/s on PostgreSQL, p99 ≤ 5 ms at half rate.
+//! Run: `cargo bench --bench release` (`RELEASE_SECONDS`, default 10).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::indexing_slicing,
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss
+)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sqlx::{Connection, Executor};
+use strongbox::agents::{Grant, token_text};
+use strongbox::audit::{Actor, Event, Kind};
+use strongbox::clock::{Clock, SystemClock};
+use strongbox::crypto::Key32;
+use strongbox::secret::AccessToken;
+use strongbox::store::Db;
+use strongbox::vault::{RootKey, RootKeySource, Scopes, TokenSet, Vault, VaultSettings};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+const CONNECTIONS: usize = 32;
+
+const POLICY: &str = r#"permit(principal == Agent::"bench", action == Action::"fetch_credential", resource == Provider::"acme");"#;
+
+struct Run {
+    ok: usize,
+    failed: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Run {
+    fn rate(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+    fn pct(&mut self, p: f64) -> Duration {
+        self.latencies.sort_unstable();
+        if self.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        self.latencies[((self.latencies.len() - 1) as f64 * p).round() as usize]
+    }
+}
+
+/// One keep-alive connection: send `request`, read one response; `true` on 200.
+async fn once(
+    w: &mut tokio::net::tcp::OwnedWriteHalf,
+    r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+    request: &[u8],
+    line: &mut String,
+    body: &mut Vec<u8>,
+) -> bool {
+    w.write_all(request).await.unwrap();
+    line.clear();
+    r.read_line(line).await.unwrap();
+    let ok = line.starts_with("HTTP/1.1 200");
+    let mut len = 0usize;
+    loop {
+        line.clear();
+        r.read_line(line).await.unwrap();
+        if line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line
+            .to_ascii_lowercase()
+            .strip_prefix("content-length:")
+            .map(|v| v.trim().to_owned())
+        {
+            len = v.parse().unwrap();
+        }
+    }
+    body.resize(len, 0);
+    r.read_exact(body).await.unwrap();
+    ok
+}
+
+/// Drives `addr` for `seconds`; `rate` None is closed loop, Some(r) open loop at r/s.
+fn load(addr: std::net::SocketAddr, request: Arc<Vec<u8>>, seconds: u64, rate: Option<f64>) -> Run {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let start = Instant::now() + Duration::from_millis(200);
+            let end = start + Duration::from_secs(seconds);
+            let tasks: Vec<_> = (0..CONNECTIONS)
+                .map(|c| {
+                    let request = Arc::clone(&request);
+                    tokio::spawn(async move {
+                        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+                        stream.set_nodelay(true).unwrap();
+                        let (rd, mut w) = stream.into_split();
+                        let mut r = BufReader::new(rd);
+                        let (mut line, mut body) = (String::new(), Vec::new());
+                        let (mut ok, mut failed, mut lat) = (0usize, 0usize, Vec::new());
+                        let interval =
+                            rate.map(|r| Duration::from_secs_f64(CONNECTIONS as f64 / r));
+                        let mut next = start
+                            + interval.map_or(Duration::ZERO, |i| {
+                                i.mul_f64(c as f64 / CONNECTIONS as f64)
+                            });
+                        tokio::time::sleep_until(start.into()).await;
+                        loop {
+                            if let Some(i) = interval {
+                                tokio::time::sleep_until(next.into()).await;
+                                if next >= end {
+                                    break;
+                                }
+                                let t = next;
+                                next += i;
+                                if once(&mut w, &mut r, &request, &mut line, &mut body).await {
+                                    ok += 1;
+                                } else {
+                                    failed += 1;
+                                }
+                                lat.push(t.elapsed());
+                            } else {
+                                let t = Instant::now();
+                                if t >= end {
+                                    break;
+                                }
+                                if once(&mut w, &mut r, &request, &mut line, &mut body).await {
+                                    ok += 1;
+                                } else {
+                                    failed += 1;
+                                }
+                                lat.push(t.elapsed());
+                            }
+                        }
+                        (ok, failed, lat)
+                    })
+                })
+                .collect();
+            let mut run = Run {
+                ok: 0,
+                failed: 0,
+                elapsed: Duration::from_secs(seconds),
+                latencies: Vec::new(),
+            };
+            for t in tasks {
+                let (ok, failed, lat) = t.await.unwrap();
+                run.ok += ok;
+                run.failed += failed;
+                run.latencies.extend(lat);
+            }
+            run
+        })
+    })
+    .join()
+    .unwrap()
+}
+
+async fn bench(name: &str, url: &str, seconds: u64) {
+    let db = Db::connect(url).await.unwrap();
+    db.migrate().await.unwrap();
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let root = RootKey::new(Key32::generate().unwrap(), RootKeySource::Env);
+    let vault = Arc::new(Vault::new(
+        db.clone(),
+        root,
+        VaultSettings::default(),
+        Arc::clone(&clock),
+    ));
+    vault.init(Actor::Cli).await.unwrap();
+    let policies = tempfile::tempdir().unwrap();
+    std::fs::write(policies.path().join("bench.cedar"), POLICY).unwrap();
+    let config = strongbox::config::Config::from_toml(&format!(
+        "policies_dir = \"{}\"\nagent_rate_limit = 1000000\n\
+         [providers.acme]\nkind = \"oauth2\"\nclient_id = \"cid\"\nclient_secret = \"cs\"\n\
+         authorize_url = \"http://127.0.0.1:9/a\"\ntoken_url = \"http://127.0.0.1:9/t\"\n",
+        policies.path().display()
+    ))
+    .unwrap();
+    let state =
+        strongbox::AppState::build(config, db.clone(), Arc::clone(&vault), Arc::clone(&clock))
+            .unwrap();
+
+    // A user with a warm, unexpired token, an agent and a delegation.
+    let user = "bench-user";
+    let mut tx = db.begin().await.unwrap();
+    strongbox::store::users::insert(&mut tx, user, clock.unix())
+        .await
+        .unwrap();
+    let tokens = TokenSet {
+        access_token: AccessToken::new("at-bench-not-a-real-token".into()),
+        refresh_token: None,
+        id_token: None,
+        token_type: "Bearer".into(),
+        expires_at: Some(clock.unix() + 86_400),
+        scopes: vec!["read".into()],
+    };
+    let event = Event::new(Kind::CredentialStored, Actor::Cli, format!("user:{user}"));
+    vault
+        .store(&mut tx, event, user, "acme", &tokens, Scopes::Replace)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let (agent, secret) = state.agents.add("bench", Actor::Cli).await.unwrap();
+    let grant = Grant {
+        agent: "bench".into(),
+        tools: vec![],
+        providers: vec!["acme".into()],
+        ttl: 3600,
+    };
+    let mut tx = db.begin().await.unwrap();
+    let (dlg, _) = state
+        .agents
+        .delegate(&mut tx, user, &agent, &grant)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let secret = strongbox::agents::secret_text(&secret);
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        axum::serve(
+            listener,
+            strongbox::app(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    let body = "{}";
+    let request = Arc::new(
+        format!(
+            "POST /v1/credentials/acme HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\
+             Strongbox-Delegation: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            secret.as_str(),
+            token_text(&dlg).as_str(),
+            body.len()
+        )
+        .into_bytes(),
+    );
+
+    let count = |url: String| async move {
+        let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM audit_event WHERE kind = 'credential.released'",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        n
+    };
+    // Warm up (connections, caches), then measure.
+    let _ = load(addr, Arc::clone(&request), 1, None);
+    let before = count(url.to_owned()).await;
+    let mut closed = load(addr, Arc::clone(&request), seconds, None);
+    let full = closed.rate();
+    let (p50, p99) = (closed.pct(0.50), closed.pct(0.99));
+    let mut half = load(addr, Arc::clone(&request), seconds, Some(full / 2.0));
+    let (h50, h99) = (half.pct(0.50), half.pct(0.99));
+    let after = count(url.to_owned()).await;
+    let released = closed.ok + half.ok;
+    println!(
+        "{name}: closed loop {full:.0} req/s, p50 {p50:?}, p99 {p99:?} ({} failed) | at {:.0} req/s: {:.0} req/s done, p50 {h50:?}, p99 {h99:?} ({} failed) | audited {} of {released} releases",
+        closed.failed,
+        full / 2.0,
+        half.rate(),
+        half.failed,
+        after - before,
+    );
+    assert_eq!(
+        (after - before) as usize,
+        released,
+        "every release is audited"
+    );
+    server.abort();
+    db.close().await;
+}
+
+#[tokio::main(worker_threads = 2)]
+async fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let seconds: u64 = std::env::var("RELEASE_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let dir = tempfile::tempdir().unwrap();
+    bench(
+        "sqlite",
+        &format!("sqlite://{}/r.db", dir.path().display()),
+        seconds,
+    )
+    .await;
+    if let Ok(admin) = std::env::var("DATABASE_URL") {
+        let name = format!("sbx_bench_release_{}", std::process::id());
+        let mut conn = sqlx::AnyConnection::connect(&admin).await.unwrap();
+        conn.execute(format!("DROP DATABASE IF EXISTS {name}").as_str())
+            .await
+            .unwrap();
+        conn.execute(format!("CREATE DATABASE {name}").as_str())
+            .await
+            .unwrap();
+        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+        bench("postgres", &format!("{base}/{name}"), seconds).await;
+        conn.execute(format!("DROP DATABASE {name} WITH (FORCE)").as_str())
+            .await
+            .unwrap();
+    } else {
+        println!("postgres: skipped (set DATABASE_URL)");
+    }
+}
