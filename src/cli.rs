@@ -272,20 +272,7 @@ async fn keys(cmd: KeysCommand, config: &Config) -> CliResult {
 async fn status(vault: &Vault, json: bool) -> CliResult {
     let s = vault.status().await?;
     if json {
-        let versions: Vec<_> = s
-            .versions
-            .iter()
-            .map(|v| {
-                serde_json::json!({
-                    "version": v.version, "state": v.state, "created_at": rfc3339(v.created_at),
-                    "records": v.records, "wraps": v.wraps,
-                })
-            })
-            .collect();
-        say(format_args!(
-            "{}",
-            serde_json::json!({ "versions": versions, "rotation_due": s.rotation_due })
-        ))?;
+        say(format_args!("{}", s.to_json()))?;
     } else {
         say(format_args!(
             "{:>7}  {:<12}  {:<20}  {:>10}  {:>10}",

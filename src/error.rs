@@ -76,6 +76,8 @@ pub enum Error {
     RefreshBusy,
     #[error("{0}")]
     NotRecorded(String),
+    #[error("this needs the admin role")]
+    Forbidden,
 }
 
 /// An RFC 9457 problem document.
@@ -160,6 +162,7 @@ impl Error {
             ),
             Error::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready", "Not ready"),
             Error::NotFound => (StatusCode::NOT_FOUND, "not_found", "Not found"),
+            Error::Forbidden => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
             Error::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request", "Bad request"),
             Error::AgentUnauthorized => (
                 StatusCode::UNAUTHORIZED,

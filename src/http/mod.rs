@@ -1,8 +1,10 @@
 //! The HTTP surface: router, shared state and response-wide layers.
 
+pub mod admin;
 pub mod agent;
 pub mod browser;
 pub mod guard;
+pub mod openapi;
 mod ops;
 pub mod pages;
 pub mod serve;
@@ -148,6 +150,7 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(openapi::openapi))
         .merge(sign_in)
         .route("/logout", post(browser::logout))
         .route("/api/me", get(browser::me))
@@ -158,6 +161,11 @@ pub fn app(state: AppState) -> Router {
         .route("/api/connections", get(browser::connections))
         .route("/api/connections/{id}", delete(browser::disconnect))
         .route("/api/delegations", post(agent::delegate))
+        .route("/admin/keys", get(admin::keys))
+        .route("/admin/keys/rotate", post(admin::rotate))
+        .route("/admin/keys/rewrap", post(admin::rewrap))
+        .route("/admin/audit", get(admin::audit_events))
+        .route("/admin/users/{id}/revoke", post(admin::revoke_user))
         .route("/v1/tools/{tool}/run", post(agent::run_tool))
         .route("/v1/credentials/{provider}", post(agent::release))
         .fallback(|| async { Error::NotFound })

@@ -125,20 +125,87 @@ where
     .bind(limit)
     .fetch_all(e)
     .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(EventRow {
-                seq: r.try_get("seq")?,
-                at_ms: r.try_get("at_ms")?,
-                kind: r.try_get("kind")?,
-                actor: r.try_get("actor")?,
-                subject: r.try_get("subject")?,
-                outcome: r.try_get("outcome")?,
-                request_id: r.try_get("request_id")?,
-                detail: r.try_get("detail")?,
-                prev_hash: r.try_get("prev_hash")?,
-                hash: r.try_get("hash")?,
-            })
-        })
-        .collect()
+    rows.iter().map(event_row).collect()
+}
+
+fn event_row(r: &sqlx::any::AnyRow) -> Result<EventRow, sqlx::Error> {
+    Ok(EventRow {
+        seq: r.try_get("seq")?,
+        at_ms: r.try_get("at_ms")?,
+        kind: r.try_get("kind")?,
+        actor: r.try_get("actor")?,
+        subject: r.try_get("subject")?,
+        outcome: r.try_get("outcome")?,
+        request_id: r.try_get("request_id")?,
+        detail: r.try_get("detail")?,
+        prev_hash: r.try_get("prev_hash")?,
+        hash: r.try_get("hash")?,
+    })
+}
+
+/// Which events `GET /admin/audit` returns.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// `user:{id}` as subject or actor.
+    pub user: Option<String>,
+    /// Exact actor, e.g. `agent:{name}`.
+    pub actor: Option<String>,
+    pub kind: Option<String>,
+    pub from_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+}
+
+/// Events after `after` matching `f`, oldest first, at most `limit`.
+pub async fn search<'e, E>(
+    e: E,
+    f: &Filter,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<EventRow>, sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let mut sql = String::from(
+        "SELECT seq, at_ms, kind, actor, subject, outcome, request_id, detail, prev_hash, hash \
+         FROM audit_event WHERE seq > $1",
+    );
+    let mut n = 1;
+    let mut next = |sql: &mut String, clause: &str| {
+        n += 1;
+        sql.push_str(&clause.replace('?', &format!("${n}")));
+    };
+    if f.user.is_some() {
+        next(&mut sql, " AND (subject = ? OR actor = ?)");
+    }
+    if f.actor.is_some() {
+        next(&mut sql, " AND actor = ?");
+    }
+    if f.kind.is_some() {
+        next(&mut sql, " AND kind = ?");
+    }
+    if f.from_ms.is_some() {
+        next(&mut sql, " AND at_ms >= ?");
+    }
+    if f.until_ms.is_some() {
+        next(&mut sql, " AND at_ms < ?");
+    }
+    next(&mut sql, " ORDER BY seq LIMIT ?");
+    let mut q = sqlx::query(&sql).bind(after);
+    if let Some(u) = &f.user {
+        q = q.bind(u.clone());
+    }
+    if let Some(a) = &f.actor {
+        q = q.bind(a.clone());
+    }
+    if let Some(k) = &f.kind {
+        q = q.bind(k.clone());
+    }
+    if let Some(t) = f.from_ms {
+        q = q.bind(t);
+    }
+    if let Some(t) = f.until_ms {
+        q = q.bind(t);
+    }
+    let rows = q.bind(limit).fetch_all(e).await?;
+    rows.iter().map(event_row).collect()
 }

@@ -157,3 +157,31 @@ where
         .await?
         .rows_affected())
 }
+
+/// A user's identities as the admin list matches them: (provider, subject, email,
+/// email_verified).
+pub async fn keys_of<'e, E>(
+    e: E,
+    user_id: &str,
+) -> Result<Vec<(String, String, Option<String>, bool)>, sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let rows = sqlx::query(
+        "SELECT provider, subject, email, email_verified FROM identity WHERE user_id = $1",
+    )
+    .bind(user_id)
+    .fetch_all(e)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let verified: i64 = r.try_get("email_verified")?;
+            Ok((
+                r.try_get("provider")?,
+                r.try_get("subject")?,
+                r.try_get("email")?,
+                verified != 0,
+            ))
+        })
+        .collect()
+}

@@ -38,6 +38,24 @@ pub struct KeyStatus {
     pub rotation_due: bool,
 }
 
+impl KeyStatus {
+    /// The shape of `keys status --json` and `GET /admin/keys`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let versions: Vec<_> = self
+            .versions
+            .iter()
+            .map(|v| {
+                serde_json::json!({
+                    "version": v.version, "state": v.state,
+                    "created_at": crate::clock::rfc3339(v.created_at),
+                    "records": v.records, "wraps": v.wraps,
+                })
+            })
+            .collect();
+        serde_json::json!({ "versions": versions, "rotation_due": self.rotation_due })
+    }
+}
+
 /// What a rewrap did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RewrapReport {

@@ -839,3 +839,53 @@ mod refresh_across_instances {
         }
     }
 }
+
+/// `/v1/*` is rate-limited per agent: a burst of twice `agent_rate_limit`, then 429 with
+/// `Retry-After`; another agent is not affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_agent_rate_limit() {
+    let site = Site::new(crate::support::Engine::Sqlite).await.unwrap();
+    let (base, _idp) = start_idp().await;
+    site.ok(&["keys", "init"]);
+    let clock = ManualClock::at_unix(START);
+    let mut config = config(&site, &base);
+    config.agent_rate_limit = 2;
+    let clock_dyn: Arc<dyn Clock> = Arc::new(clock.clone());
+    let state =
+        strongbox::AppState::build(config, site.db().await, site.vault().await, clock_dyn).unwrap();
+    let app = strongbox::app(state.clone());
+    let secret = |name: &str| {
+        let out = site.ok(&["agents", "add", name]);
+        format!("Bearer {}", out.lines().last().unwrap().trim())
+    };
+    let (bot, other) = (secret("bot"), secret("other"));
+    let (_, user, _) = sign_in(&app).await;
+    let dlg = delegate(&state, &user, "bot", &["acme.items"], 900).await;
+    let headers = [
+        ("authorization", bot.as_str()),
+        ("strongbox-delegation", dlg.as_str()),
+    ];
+    for i in 0..4 {
+        let r = call(&app, "POST", "/v1/credentials/acme", &headers, json!({})).await;
+        assert_eq!(r.status, StatusCode::OK, "request {i}: {}", r.text);
+    }
+    let r = call(&app, "POST", "/v1/credentials/acme", &headers, json!({})).await;
+    assert_eq!(
+        (r.status, r.json["code"].as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, Some("rate_limited"))
+    );
+    assert!(r.headers.contains_key(header::RETRY_AFTER));
+    // The other agent has its own bucket (it is refused for its delegation, not the rate).
+    let r = call(
+        &app,
+        "POST",
+        "/v1/credentials/acme",
+        &[
+            ("authorization", other.as_str()),
+            ("strongbox-delegation", dlg.as_str()),
+        ],
+        json!({}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+}

@@ -19,7 +19,7 @@ use crate::support::Site;
 #[derive(Default)]
 pub(crate) struct ProviderState {
     /// The subject the next authorization signs in as.
-    next_subject: String,
+    pub(crate) next_subject: String,
     /// code -> (redirect_uri, challenge, subject, scope)
     codes: HashMap<String, (String, String, String, String)>,
     /// access token -> subject

@@ -1,0 +1,201 @@
+//! Security-team routes (SPEC §5): keys, the audit trail, revoking a user. For a signed-in
+//! user with the admin role: one of their identities is listed in `admins` as
+//! `provider:subject`, or as `provider:email` with the provider vouching for the email.
+//! State-changing routes need the CSRF checks of every cookie request.
+
+use axum::Json;
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::browser::{SignedIn, require_csrf};
+use crate::audit::{self, Actor, Event, Kind};
+use crate::clock::rfc3339;
+use crate::error::Error;
+use crate::store::audit::Filter;
+use crate::store::{connection as conns, identities};
+
+/// A signed-in user with the admin role.
+pub struct AdminUser(pub SignedIn);
+
+impl FromRequestParts<AppState> for AdminUser {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, Error> {
+        let me = SignedIn::from_request_parts(parts, app).await?;
+        if is_admin(app, &me.user_id).await? {
+            Ok(AdminUser(me))
+        } else {
+            Err(Error::Forbidden)
+        }
+    }
+}
+
+/// Whether any identity of `user_id` is in the `admins` list.
+pub async fn is_admin(app: &AppState, user_id: &str) -> Result<bool, Error> {
+    if app.config.admins.is_empty() {
+        return Ok(false);
+    }
+    let keys = identities::keys_of(app.db.pool(), user_id).await?;
+    Ok(keys.iter().any(|(provider, subject, email, verified)| {
+        app.config.admins.iter().any(|a| {
+            a == &format!("{provider}:{subject}")
+                || (*verified
+                    && email
+                        .as_ref()
+                        .is_some_and(|e| a.eq_ignore_ascii_case(&format!("{provider}:{e}"))))
+        })
+    }))
+}
+
+/// `GET /admin/keys` — the shape of `keys status --json`.
+pub async fn keys(State(app): State<AppState>, _admin: AdminUser) -> Result<Json<Value>, Error> {
+    Ok(Json(app.vault.status().await?.to_json()))
+}
+
+/// `POST /admin/keys/rotate` — a new primary KEK.
+pub async fn rotate(
+    State(app): State<AppState>,
+    AdminUser(me): AdminUser,
+    headers: HeaderMap,
+) -> Result<Json<Value>, Error> {
+    require_csrf(&app, &headers, &me.token, None)?;
+    let version = app.vault.rotate(Actor::Admin(me.user_id.clone())).await?;
+    Ok(Json(json!({ "primary": version })))
+}
+
+/// `POST /admin/keys/rewrap` — re-wraps every record under an older KEK, in the
+/// background (it is online and resumable); progress shows in `GET /admin/keys`.
+pub async fn rewrap(
+    State(app): State<AppState>,
+    AdminUser(me): AdminUser,
+    headers: HeaderMap,
+) -> Result<Response, Error> {
+    require_csrf(&app, &headers, &me.token, None)?;
+    let vault = app.vault.clone();
+    let actor = Actor::Admin(me.user_id.clone());
+    tokio::spawn(async move {
+        match vault.rewrap(actor, 1000).await {
+            Ok(r) => tracing::info!(
+                rewrapped = r.rewrapped,
+                failed = r.failed.len(),
+                "rewrap finished"
+            ),
+            Err(e) => tracing::error!(error = %e, "rewrap failed"),
+        }
+    });
+    Ok((StatusCode::ACCEPTED, Json(json!({ "started": true }))).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    user: Option<String>,
+    agent: Option<String>,
+    kind: Option<String>,
+    /// RFC 3339, inclusive.
+    since: Option<String>,
+    /// RFC 3339, exclusive.
+    until: Option<String>,
+    /// Sequence number to continue after (the previous page's `next_after`).
+    after: Option<i64>,
+    limit: Option<i64>,
+}
+
+fn millis(name: &str, text: Option<&str>) -> Result<Option<i64>, Error> {
+    text.map(|t| {
+        time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+            .map(|d| i64::try_from(d.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX))
+            .map_err(|_| Error::BadRequest(format!("{name}: not an RFC 3339 time")))
+    })
+    .transpose()
+}
+
+/// `GET /admin/audit?user=&agent=&kind=&since=&until=&after=&limit=` — events, oldest
+/// first, one page at a time.
+pub async fn audit_events(
+    State(app): State<AppState>,
+    _admin: AdminUser,
+    Query(q): Query<AuditQuery>,
+) -> Result<Json<Value>, Error> {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(Error::BadRequest("limit: 1 to 1000".into()));
+    }
+    let filter = Filter {
+        user: q.user.map(|u| format!("user:{u}")),
+        actor: q.agent.map(|a| format!("agent:{a}")),
+        kind: q.kind,
+        from_ms: millis("since", q.since.as_deref())?,
+        until_ms: millis("until", q.until.as_deref())?,
+    };
+    let rows =
+        crate::store::audit::search(app.db.pool(), &filter, q.after.unwrap_or(0), limit).await?;
+    let next_after = (rows.len() == usize::try_from(limit).unwrap_or(0))
+        .then(|| rows.last().map(|r| r.seq))
+        .flatten();
+    let events: Vec<Value> = rows
+        .into_iter()
+        .map(|r| {
+            json!({
+                "seq": r.seq,
+                "at": rfc3339(r.at_ms / 1000),
+                "at_ms": r.at_ms,
+                "kind": r.kind,
+                "actor": r.actor,
+                "subject": r.subject,
+                "outcome": r.outcome,
+                "request_id": r.request_id,
+                "detail": serde_json::from_str::<Value>(&r.detail).unwrap_or(Value::Null),
+                "hash": r.hash.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "events": events, "next_after": next_after })))
+}
+
+/// `POST /admin/users/{id}/revoke` — ends every session, delegation and connection of
+/// the user, in one transaction with its audit event.
+pub async fn revoke_user(
+    State(app): State<AppState>,
+    AdminUser(me): AdminUser,
+    headers: HeaderMap,
+    Path(user_id): Path<String>,
+) -> Result<Json<Value>, Error> {
+    require_csrf(&app, &headers, &me.token, None)?;
+    // First revoke at the providers where they offer it (each disconnect is audited);
+    // whatever is left is erased below regardless.
+    let mut revoked = 0u64;
+    for c in app.vault.list(&user_id).await? {
+        match app.oauth.disconnect(&user_id, c.id()).await {
+            Ok(crate::oauth::Disconnected::Erased { revoked: true }) => revoked += 1,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(connection = c.id(), error = %e, "revocation during user revoke failed")
+            }
+        }
+    }
+    let mut tx = app.db.begin().await?;
+    let sessions = app.sessions.end_all(&mut tx, &user_id).await?;
+    let delegations = app.agents.revoke_all(&mut tx, &user_id).await?;
+    let connections = conns::delete_for_user(&mut tx, &user_id).await?;
+    let event = Event::new(
+        Kind::UserRevoked,
+        Actor::Admin(me.user_id.clone()),
+        format!("user:{user_id}"),
+    )
+    .detail(json!({
+        "sessions": sessions, "delegations": delegations, "connections": connections,
+        "revoked_at_provider": revoked,
+    }));
+    audit::append(&mut tx, app.clock.unix_ms(), event).await?;
+    tx.commit().await?;
+    Ok(Json(json!({
+        "sessions": sessions, "delegations": delegations,
+        "connections": connections, "revoked_at_provider": revoked,
+    })))
+}

@@ -1,0 +1,633 @@
+//! `GET /openapi.json`: every route of SPEC §5 with its method, parameters, request and
+//! response schemas and error codes. The document is written here as data and parsed into
+//! `utoipa`'s OpenAPI 3.1 model once, at first use, so a malformed entry fails the test
+//! suite (`openapi_matches_the_router`), which also checks it against the router's routes.
+
+use std::sync::OnceLock;
+
+use axum::Json;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+/// Problem document (RFC 9457).
+fn problem() -> Value {
+    json!({"$ref": "#/components/schemas/Problem"})
+}
+
+fn obj(props: Value, required: &[&str]) -> Value {
+    json!({"type": "object", "properties": props, "required": required})
+}
+
+fn strings() -> Value {
+    json!({"type": "array", "items": {"type": "string"}})
+}
+
+/// One operation: summary, who may call it, body schema, success response, error codes.
+struct Op {
+    method: &'static str,
+    path: &'static str,
+    summary: &'static str,
+    auth: &'static [&'static str],
+    body: Option<Value>,
+    ok: (u16, &'static str, Option<Value>),
+    errors: &'static [(u16, &'static str)],
+}
+
+const COOKIE: &[&str] = &["session"];
+const COOKIE_CSRF: &[&str] = &["session", "csrf"];
+const AGENT: &[&str] = &["agent", "delegation"];
+const PUBLIC: &[&str] = &[];
+
+fn ops() -> Vec<Op> {
+    let connection = obj(
+        json!({"id": {"type": "string"}, "provider": {"type": "string"}, "scopes": strings(),
+            "status": {"type": "string", "enum": ["active", "revoke_pending", "reauth_required"]},
+            "created_at": {"type": "string", "format": "date-time"},
+            "last_used_at": {"type": ["string", "null"], "format": "date-time"}}),
+        &[
+            "id",
+            "provider",
+            "scopes",
+            "status",
+            "created_at",
+            "last_used_at",
+        ],
+    );
+    let session = obj(
+        json!({"id": {"type": "string"}, "current": {"type": "boolean"},
+            "created_at": {"type": "string", "format": "date-time"},
+            "last_seen_at": {"type": "string", "format": "date-time"}}),
+        &["id", "current", "created_at", "last_seen_at"],
+    );
+    let event = obj(
+        json!({"seq": {"type": "integer"}, "at": {"type": "string", "format": "date-time"},
+            "at_ms": {"type": "integer"}, "kind": {"type": "string"}, "actor": {"type": "string"},
+            "subject": {"type": "string"}, "outcome": {"type": "string"},
+            "request_id": {"type": "string"}, "detail": {}, "hash": {"type": "string"}}),
+        &[
+            "seq", "at", "kind", "actor", "subject", "outcome", "detail", "hash",
+        ],
+    );
+    let keys = obj(
+        json!({"versions": {"type": "array", "items": obj(json!({
+            "version": {"type": "integer"}, "state": {"type": "string", "enum": ["primary", "decrypt-only", "retired"]},
+            "created_at": {"type": "string", "format": "date-time"}, "records": {"type": "integer"},
+            "wraps": {"type": "integer"}}), &["version", "state", "created_at", "records", "wraps"])},
+            "rotation_due": {"type": "boolean"}}),
+        &["versions", "rotation_due"],
+    );
+    let redirect = (303, "Redirect", None);
+    let html = (200, "HTML page", None);
+    vec![
+        Op {
+            method: "get",
+            path: "/",
+            summary: "Sign-in page, or the account page when signed in",
+            auth: PUBLIC,
+            body: None,
+            ok: html,
+            errors: &[],
+        },
+        Op {
+            method: "get",
+            path: "/static/app.css",
+            summary: "The pages' stylesheet",
+            auth: PUBLIC,
+            body: None,
+            ok: (200, "CSS", None),
+            errors: &[],
+        },
+        Op {
+            method: "get",
+            path: "/login/{provider}",
+            summary: "Start sign-in (authorization code + PKCE S256 + state + nonce); optional return_to",
+            auth: PUBLIC,
+            body: None,
+            ok: redirect.clone(),
+            errors: &[
+                (404, "unknown_provider"),
+                (429, "rate_limited"),
+                (502, "provider_error"),
+            ],
+        },
+        Op {
+            method: "get",
+            path: "/connect/{provider}",
+            summary: "Link a provider account with ?scopes=a,b (incremental)",
+            auth: COOKIE,
+            body: None,
+            ok: redirect.clone(),
+            errors: &[
+                (401, "unauthorized"),
+                (404, "unknown_provider"),
+                (429, "rate_limited"),
+                (502, "provider_error"),
+            ],
+        },
+        Op {
+            method: "get",
+            path: "/oauth/callback/{provider}",
+            summary: "The redirect URI registered at every provider",
+            auth: PUBLIC,
+            body: None,
+            ok: redirect.clone(),
+            errors: &[
+                (400, "invalid_state"),
+                (400, "provider_error"),
+                (409, "already_linked"),
+                (429, "rate_limited"),
+                (502, "provider_error"),
+            ],
+        },
+        Op {
+            method: "post",
+            path: "/logout",
+            summary: "End this session",
+            auth: COOKIE_CSRF,
+            body: None,
+            ok: redirect.clone(),
+            errors: &[(401, "unauthorized"), (403, "csrf_failed")],
+        },
+        Op {
+            method: "get",
+            path: "/api/me",
+            summary: "The signed-in user, identities and CSRF token",
+            auth: COOKIE,
+            body: None,
+            ok: (
+                200,
+                "Me",
+                Some(obj(
+                    json!({"user": obj(json!({"id": {"type": "string"}}), &["id"]), "identities": {"type": "array", "items": {"type": "object"}}, "csrf_token": {"type": "string"}}),
+                    &["user", "identities", "csrf_token"],
+                )),
+            ),
+            errors: &[(401, "unauthorized")],
+        },
+        Op {
+            method: "get",
+            path: "/api/connections",
+            summary: "The user's connections",
+            auth: COOKIE,
+            body: None,
+            ok: (
+                200,
+                "Connections",
+                Some(obj(
+                    json!({"connections": {"type": "array", "items": connection}}),
+                    &["connections"],
+                )),
+            ),
+            errors: &[(401, "unauthorized")],
+        },
+        Op {
+            method: "delete",
+            path: "/api/connections/{id}",
+            summary: "Disconnect: revoke at the provider where offered, then erase",
+            auth: COOKIE_CSRF,
+            body: None,
+            ok: (
+                200,
+                "Erased",
+                Some(obj(
+                    json!({"erased": {"type": "boolean"}, "revoked": {"type": "boolean"}, "detail": {"type": "string"}}),
+                    &["erased", "revoked"],
+                )),
+            ),
+            errors: &[
+                (401, "unauthorized"),
+                (403, "csrf_failed"),
+                (404, "not_found"),
+                (503, "provider_unavailable"),
+            ],
+        },
+        Op {
+            method: "post",
+            path: "/connections/{id}/disconnect",
+            summary: "Disconnect from the account page's form",
+            auth: COOKIE_CSRF,
+            body: Some(json!({"csrf_token": {"type": "string"}})),
+            ok: redirect.clone(),
+            errors: &[(401, "unauthorized"), (403, "csrf_failed")],
+        },
+        Op {
+            method: "get",
+            path: "/api/sessions",
+            summary: "The user's sessions",
+            auth: COOKIE,
+            body: None,
+            ok: (
+                200,
+                "Sessions",
+                Some(obj(
+                    json!({"sessions": {"type": "array", "items": session}}),
+                    &["sessions"],
+                )),
+            ),
+            errors: &[(401, "unauthorized")],
+        },
+        Op {
+            method: "delete",
+            path: "/api/sessions",
+            summary: "Sign out everywhere (also revokes the user's delegations)",
+            auth: COOKIE_CSRF,
+            body: None,
+            ok: (204, "Signed out everywhere", None),
+            errors: &[(401, "unauthorized"), (403, "csrf_failed")],
+        },
+        Op {
+            method: "post",
+            path: "/sessions/end-all",
+            summary: "Sign out everywhere from the account page's form",
+            auth: COOKIE_CSRF,
+            body: Some(json!({"csrf_token": {"type": "string"}})),
+            ok: redirect,
+            errors: &[(401, "unauthorized"), (403, "csrf_failed")],
+        },
+        Op {
+            method: "post",
+            path: "/api/delegations",
+            summary: "Let an agent act for the signed-in user: tools, providers, ttl seconds (default 900, at most 3600)",
+            auth: COOKIE_CSRF,
+            body: Some(obj(
+                json!({"agent": {"type": "string"}, "tools": strings(), "providers": strings(), "ttl": {"type": "integer", "minimum": 1, "maximum": 3600}}),
+                &["agent"],
+            )),
+            ok: (
+                201,
+                "Delegation",
+                Some(obj(
+                    json!({"token": {"type": "string"}, "expires_at": {"type": "string", "format": "date-time"}}),
+                    &["token", "expires_at"],
+                )),
+            ),
+            errors: &[
+                (400, "invalid_request"),
+                (401, "unauthorized"),
+                (403, "csrf_failed"),
+                (422, "invalid_argument"),
+            ],
+        },
+        Op {
+            method: "post",
+            path: "/v1/tools/{tool}/run",
+            summary: "Run a tool in the delegating user's context",
+            auth: AGENT,
+            body: Some(obj(
+                json!({"args": {"type": "object", "description": "argument name to a string, number or boolean"}}),
+                &[],
+            )),
+            ok: (
+                200,
+                "The provider's answer",
+                Some(obj(
+                    json!({"status": {"type": "integer"}, "headers": {"type": "object", "description": "allow-listed response headers"}, "body": {"type": ["object", "array", "string", "number", "boolean", "null"], "description": "the provider's JSON, or its text"}}),
+                    &["status", "headers", "body"],
+                )),
+            ),
+            errors: &[
+                (400, "invalid_request"),
+                (401, "unauthorized"),
+                (401, "delegation_invalid"),
+                (401, "delegation_expired"),
+                (403, "delegation_invalid"),
+                (403, "tool_not_delegated"),
+                (403, "policy_denied"),
+                (404, "unknown_tool"),
+                (409, "not_connected"),
+                (409, "insufficient_scope"),
+                (409, "reauth_required"),
+                (422, "invalid_argument"),
+                (429, "rate_limited"),
+                (502, "provider_error"),
+                (503, "provider_unavailable"),
+            ],
+        },
+        Op {
+            method: "post",
+            path: "/v1/credentials/{provider}",
+            summary: "Raw release of the access token where policy allows; refreshed first if near expiry",
+            auth: AGENT,
+            body: Some(obj(json!({"scopes": strings()}), &[])),
+            ok: (
+                200,
+                "Credential",
+                Some(obj(
+                    json!({"access_token": {"type": "string"}, "token_type": {"type": "string"}, "expires_at": {"type": ["string", "null"], "format": "date-time"}, "scopes": strings()}),
+                    &["access_token", "token_type", "expires_at", "scopes"],
+                )),
+            ),
+            errors: &[
+                (400, "invalid_request"),
+                (401, "unauthorized"),
+                (401, "delegation_invalid"),
+                (401, "delegation_expired"),
+                (403, "delegation_invalid"),
+                (403, "provider_not_delegated"),
+                (403, "policy_denied"),
+                (409, "not_connected"),
+                (409, "insufficient_scope"),
+                (409, "reauth_required"),
+                (429, "rate_limited"),
+                (502, "provider_error"),
+                (503, "provider_unavailable"),
+            ],
+        },
+        Op {
+            method: "get",
+            path: "/admin/keys",
+            summary: "Key versions (as `keys status --json`)",
+            auth: COOKIE,
+            body: None,
+            ok: (200, "Keys", Some(keys)),
+            errors: &[(401, "unauthorized"), (403, "forbidden")],
+        },
+        Op {
+            method: "post",
+            path: "/admin/keys/rotate",
+            summary: "A new primary key-encryption key",
+            auth: COOKIE_CSRF,
+            body: None,
+            ok: (
+                200,
+                "Rotated",
+                Some(obj(json!({"primary": {"type": "integer"}}), &["primary"])),
+            ),
+            errors: &[
+                (401, "unauthorized"),
+                (403, "forbidden"),
+                (403, "csrf_failed"),
+            ],
+        },
+        Op {
+            method: "post",
+            path: "/admin/keys/rewrap",
+            summary: "Re-wrap every record under an older key, in the background",
+            auth: COOKIE_CSRF,
+            body: None,
+            ok: (
+                202,
+                "Started",
+                Some(obj(json!({"started": {"type": "boolean"}}), &["started"])),
+            ),
+            errors: &[
+                (401, "unauthorized"),
+                (403, "forbidden"),
+                (403, "csrf_failed"),
+            ],
+        },
+        Op {
+            method: "get",
+            path: "/admin/audit",
+            summary: "Audit events, oldest first; filters user, agent, kind, since, until; paging after, limit",
+            auth: COOKIE,
+            body: None,
+            ok: (
+                200,
+                "Events",
+                Some(obj(
+                    json!({"events": {"type": "array", "items": event}, "next_after": {"type": ["integer", "null"]}}),
+                    &["events", "next_after"],
+                )),
+            ),
+            errors: &[
+                (400, "invalid_request"),
+                (401, "unauthorized"),
+                (403, "forbidden"),
+            ],
+        },
+        Op {
+            method: "post",
+            path: "/admin/users/{id}/revoke",
+            summary: "End every session, delegation and connection of a user",
+            auth: COOKIE_CSRF,
+            body: None,
+            ok: (
+                200,
+                "Revoked",
+                Some(obj(
+                    json!({"sessions": {"type": "integer"}, "delegations": {"type": "integer"}, "connections": {"type": "integer"}, "revoked_at_provider": {"type": "integer"}}),
+                    &["sessions", "delegations", "connections"],
+                )),
+            ),
+            errors: &[
+                (401, "unauthorized"),
+                (403, "forbidden"),
+                (403, "csrf_failed"),
+            ],
+        },
+        Op {
+            method: "get",
+            path: "/healthz",
+            summary: "Process up",
+            auth: PUBLIC,
+            body: None,
+            ok: (200, "Up", None),
+            errors: &[],
+        },
+        Op {
+            method: "get",
+            path: "/readyz",
+            summary: "Database and keys usable",
+            auth: PUBLIC,
+            body: None,
+            ok: (200, "Ready", None),
+            errors: &[(503, "not_ready")],
+        },
+        Op {
+            method: "get",
+            path: "/metrics",
+            summary: "Prometheus text",
+            auth: PUBLIC,
+            body: None,
+            ok: (200, "Metrics", None),
+            errors: &[],
+        },
+        Op {
+            method: "get",
+            path: "/openapi.json",
+            summary: "This document",
+            auth: PUBLIC,
+            body: None,
+            ok: (200, "OpenAPI 3.1", None),
+            errors: &[],
+        },
+    ]
+}
+
+fn operation(op: &Op) -> Value {
+    let mut responses = serde_json::Map::new();
+    let mut ok = json!({"description": op.ok.1});
+    if let (Some(schema), Some(m)) = (&op.ok.2, ok.as_object_mut()) {
+        m.insert(
+            "content".into(),
+            json!({"application/json": {"schema": schema}}),
+        );
+    }
+
+    responses.insert(op.ok.0.to_string(), ok);
+    for (status, _) in op.errors {
+        let codes: Vec<&str> = op
+            .errors
+            .iter()
+            .filter(|(s, _)| s == status)
+            .map(|(_, c)| *c)
+            .collect();
+        responses.insert(
+            status.to_string(),
+            json!({"description": format!("code: {}", codes.join(", ")),
+                "content": {"application/problem+json": {"schema": problem()}}}),
+        );
+    }
+    let params: Vec<Value> = op
+        .path
+        .split('/')
+        .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+        .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+        .collect();
+    let security: Vec<Value> = if op.auth.is_empty() {
+        Vec::new()
+    } else {
+        let mut req = serde_json::Map::new();
+        for a in op.auth {
+            req.insert((*a).to_owned(), json!([]));
+        }
+        vec![Value::Object(req)]
+    };
+    let mut o = json!({"summary": op.summary, "responses": responses, "parameters": params, "security": security});
+    if let Some(body) = &op.body {
+        let media = if op.path.starts_with("/connections/") || op.path.starts_with("/sessions/") {
+            "application/x-www-form-urlencoded"
+        } else {
+            "application/json"
+        };
+        let schema = if body.get("type").is_some() {
+            body.clone()
+        } else {
+            json!({"type": "object", "properties": body})
+        };
+        if let Some(m) = o.as_object_mut() {
+            m.insert(
+                "requestBody".into(),
+                json!({"content": {media: {"schema": schema}}}),
+            );
+        }
+    }
+    o
+}
+
+/// The document as JSON.
+pub fn document() -> Value {
+    let mut paths = serde_json::Map::new();
+    for op in ops() {
+        let item = paths.entry(op.path.to_owned()).or_insert_with(|| json!({}));
+        if let Some(m) = item.as_object_mut() {
+            m.insert(op.method.to_owned(), operation(&op));
+        }
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "Strongbox", "version": env!("CARGO_PKG_VERSION"),
+            "description": "Credential vault and OAuth broker for AI agents."},
+        "paths": paths,
+        "components": {
+            "schemas": {"Problem": obj(json!({"type": {"type": "string"}, "title": {"type": "string"},
+                "status": {"type": "integer"}, "detail": {"type": "string"}, "code": {"type": "string"},
+                "url": {"type": "string", "description": "where the user can fix it (reauth_required, not_connected, insufficient_scope)"}}),
+                &["type", "title", "status", "detail", "code"])},
+            "securitySchemes": {
+                "session": {"type": "apiKey", "in": "cookie", "name": "__Host-strongbox", "description": "`strongbox` on plain-http development"},
+                "csrf": {"type": "apiKey", "in": "header", "name": "X-CSRF-Token", "description": "or the csrf_token form field; plus a same-origin Origin or Sec-Fetch-Site"},
+                "agent": {"type": "http", "scheme": "bearer", "description": "the agent secret from `strongbox agents add`"},
+                "delegation": {"type": "apiKey", "in": "header", "name": "Strongbox-Delegation"},
+            },
+        },
+    })
+}
+
+/// The document parsed into utoipa's model (and back), once.
+pub fn parsed() -> Result<&'static utoipa::openapi::OpenApi, String> {
+    static DOC: OnceLock<Result<utoipa::openapi::OpenApi, String>> = OnceLock::new();
+    DOC.get_or_init(|| serde_json::from_value(document()).map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+/// `GET /openapi.json`.
+pub async fn openapi() -> Response {
+    match parsed() {
+        Ok(doc) => Json(doc).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "the OpenAPI document does not parse");
+            crate::error::Error::NotReady("openapi".into()).into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// Every `.route(path, method(...))` in the router source, as (METHOD, path).
+    fn router_routes() -> BTreeSet<(String, String)> {
+        let src = include_str!("mod.rs");
+        let mut out = BTreeSet::new();
+        for chunk in src.split(".route(").skip(1) {
+            let Some(rest) = chunk.trim_start().strip_prefix('"') else {
+                continue;
+            };
+            let Some((path, rest)) = rest.split_once('"') else {
+                continue;
+            };
+            let call = rest.split(")\n").next().unwrap_or_default();
+            for m in ["get", "post", "delete", "put", "patch"] {
+                if call.contains(&format!(" {m}(")) || call.contains(&format!(".{m}(")) {
+                    out.insert((m.to_owned(), path.to_owned()));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn openapi_matches_the_router() {
+        let doc = serde_json::to_value(parsed().unwrap()).unwrap();
+        assert_eq!(doc["openapi"], "3.1.0");
+        let mut documented = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                assert!(
+                    op["responses"].as_object().is_some_and(|r| !r.is_empty()),
+                    "{method} {path}"
+                );
+                documented.insert((method.clone(), path.clone()));
+            }
+        }
+        let routed = router_routes();
+        assert!(routed.len() >= 25, "the router scan found {routed:?}");
+        assert_eq!(
+            routed, documented,
+            "routes and /openapi.json differ: document every route (src/http/openapi.rs)"
+        );
+    }
+
+    #[test]
+    fn agent_routes_list_their_error_codes() {
+        let doc = document();
+        let run = &doc["paths"]["/v1/tools/{tool}/run"]["post"]["responses"];
+        for (status, code) in [
+            ("401", "delegation_expired"),
+            ("403", "policy_denied"),
+            ("409", "reauth_required"),
+            ("422", "invalid_argument"),
+            ("429", "rate_limited"),
+        ] {
+            assert!(
+                run[status]["description"].as_str().unwrap().contains(code),
+                "{status} {code}"
+            );
+        }
+    }
+}
