@@ -67,6 +67,21 @@ pub struct Delegation {
     pub expires_at: i64,
 }
 
+/// The outcome of checking an agent request's credentials (see [`Agents::resolve`]).
+pub enum Resolution {
+    /// No agent has this secret.
+    Unauthenticated,
+    /// The agent is who it says, but the delegation is not acceptable.
+    Refused(AgentRow, DelegationRefused),
+    /// The agent, its delegation, and the delegating user's connection to the provider
+    /// asked about, if there is one.
+    Accepted {
+        agent: AgentRow,
+        delegation: Delegation,
+        connection: Option<crate::store::connection::ConnectionRow>,
+    },
+}
+
 /// What a user asks to delegate.
 #[derive(Debug, Clone)]
 pub struct Grant {
@@ -81,6 +96,14 @@ fn valid_name(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+}
+
+/// The agent id inside a well-formed agent secret.
+fn agent_id(bearer: &str) -> Option<&str> {
+    let (id, _) = bearer
+        .strip_prefix(AGENT_PREFIX)
+        .and_then(|rest| rest.split_once('_'))?;
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
 }
 
 fn random_text(bytes: usize) -> Result<Zeroizing<String>, CryptoError> {
@@ -159,22 +182,55 @@ impl Agents {
         Ok(())
     }
 
-    /// The agent a bearer secret belongs to, if it is one.
-    pub async fn authenticate(&self, bearer: &str) -> Result<Option<AgentRow>, AgentError> {
-        let Some((id, _)) = bearer
-            .strip_prefix(AGENT_PREFIX)
-            .and_then(|rest| rest.split_once('_'))
-        else {
-            return Ok(None);
+    /// Checks an agent request in one database read: the bearer secret, the delegation
+    /// token, and (for the route's provider) the delegating user's connection.
+    pub async fn resolve(
+        &self,
+        bearer: &str,
+        token: &str,
+        provider: &str,
+    ) -> Result<Resolution, AgentError> {
+        let Some(id) = agent_id(bearer) else {
+            return Ok(Resolution::Unauthenticated);
         };
-        if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Ok(None);
-        }
-        let Some((agent, stored)) = rows::agent_secret(self.db.pool(), id).await? else {
-            return Ok(None);
+        let hash = sha256(&[token.as_bytes()]);
+        let Some(rows) = rows::request_rows(self.db.pool(), id, &hash, provider).await? else {
+            return Ok(Resolution::Unauthenticated);
         };
         let presented = sha256(&[bearer.as_bytes()]);
-        Ok(constant_time_eq(&presented, &stored).then_some(agent))
+        if !constant_time_eq(&presented, &rows.secret_hash) {
+            return Ok(Resolution::Unauthenticated);
+        }
+        let well_formed = token.starts_with(DELEGATION_PREFIX) && token.len() <= 128;
+        let checked = match rows.delegation {
+            Some(d) if well_formed => self.check(&rows.agent, d),
+            _ => Err(DelegationRefused::Invalid),
+        };
+        Ok(match checked {
+            Ok(delegation) => Resolution::Accepted {
+                agent: rows.agent,
+                delegation,
+                connection: rows.connection,
+            },
+            Err(why) => Resolution::Refused(rows.agent, why),
+        })
+    }
+
+    fn check(&self, agent: &AgentRow, row: DelegationRow) -> Result<Delegation, DelegationRefused> {
+        if row.agent_id != agent.id {
+            return Err(DelegationRefused::OtherAgent);
+        }
+        if self.clock.unix() >= row.expires_at {
+            return Err(DelegationRefused::Expired);
+        }
+        let list = |s: &str| serde_json::from_str::<Vec<String>>(s).unwrap_or_default();
+        Ok(Delegation {
+            handle: row.handle,
+            user_id: row.user_id,
+            tools: list(&row.tools),
+            providers: list(&row.providers),
+            expires_at: row.expires_at,
+        })
     }
 
     /// Issues a delegation inside the caller's transaction (with its audit event).
@@ -211,35 +267,6 @@ impl Agents {
         }));
         audit::append(conn, self.clock.unix_ms(), event).await?;
         Ok((token, row.expires_at))
-    }
-
-    /// Checks a delegation token presented by `agent`.
-    pub async fn delegation(
-        &self,
-        agent: &AgentRow,
-        token: &str,
-    ) -> Result<Result<Delegation, DelegationRefused>, AgentError> {
-        if !token.starts_with(DELEGATION_PREFIX) || token.len() > 128 {
-            return Ok(Err(DelegationRefused::Invalid));
-        }
-        let hash = sha256(&[token.as_bytes()]);
-        let Some(row) = rows::delegation(self.db.pool(), &hash).await? else {
-            return Ok(Err(DelegationRefused::Invalid));
-        };
-        if row.agent_id != agent.id {
-            return Ok(Err(DelegationRefused::OtherAgent));
-        }
-        if self.clock.unix() >= row.expires_at {
-            return Ok(Err(DelegationRefused::Expired));
-        }
-        let list = |s: &str| serde_json::from_str::<Vec<String>>(s).unwrap_or_default();
-        Ok(Ok(Delegation {
-            handle: row.handle,
-            user_id: row.user_id,
-            tools: list(&row.tools),
-            providers: list(&row.providers),
-            expires_at: row.expires_at,
-        }))
     }
 
     /// Revokes every delegation a user issued, inside the caller's transaction.

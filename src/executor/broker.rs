@@ -332,15 +332,16 @@ impl Broker {
         user_id: &str,
         provider: &str,
         scopes: &[String],
+        preloaded: Option<SealedCredential>,
     ) -> Result<SealedCredential, Error> {
-        let sealed =
-            self.vault
-                .load(user_id, provider)
-                .await?
-                .ok_or_else(|| Error::NotConnected {
-                    provider: provider.to_owned(),
-                    url: self.oauth.connect_url(provider, scopes),
-                })?;
+        let loaded = match preloaded {
+            Some(s) if s.user_id() == user_id && s.provider() == provider => Some(s),
+            _ => self.vault.load(user_id, provider).await?,
+        };
+        let sealed = loaded.ok_or_else(|| Error::NotConnected {
+            provider: provider.to_owned(),
+            url: self.oauth.connect_url(provider, scopes),
+        })?;
         let granted = sealed.scopes();
         if scopes.iter().any(|s| !granted.contains(&s.as_str())) {
             let mut wanted: Vec<String> = granted.iter().map(|s| (*s).to_owned()).collect();
@@ -402,13 +403,16 @@ impl Broker {
         policies: &Policies,
         provider: &str,
         requested: Option<Vec<String>>,
+        preloaded: Option<SealedCredential>,
     ) -> Result<Released, Error> {
         let d = &caller.delegation;
         if !d.providers.iter().any(|p| p == provider) {
             return Err(Error::ProviderNotDelegated(provider.to_owned()));
         }
         let scopes = requested.unwrap_or_default();
-        let sealed = self.connection(&d.user_id, provider, &scopes).await?;
+        let sealed = self
+            .connection(&d.user_id, provider, &scopes, preloaded)
+            .await?;
         let scopes: Vec<String> = if scopes.is_empty() {
             sealed.scopes().iter().map(|s| (*s).to_owned()).collect()
         } else {
@@ -469,6 +473,7 @@ impl Broker {
         policies: &Policies,
         tool: &Tool,
         url: reqwest::Url,
+        preloaded: Option<SealedCredential>,
     ) -> Result<ToolOutput, Error> {
         let d = &caller.delegation;
         if !d.tools.iter().any(|t| t == &tool.name) {
@@ -495,7 +500,7 @@ impl Broker {
             return Err(Error::PolicyDenied);
         }
         let sealed = self
-            .connection(&d.user_id, &tool.provider, &tool.scopes)
+            .connection(&d.user_id, &tool.provider, &tool.scopes, preloaded)
             .await?;
         let actor = Actor::Agent(caller.agent.clone());
         let sealed = self.fresh(sealed, &actor).await?;

@@ -12,17 +12,22 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::browser::{SignedIn, require_csrf};
-use crate::agents::{DEFAULT_TTL, DelegationRefused, Grant, MAX_TTL};
+use crate::agents::{DEFAULT_TTL, DelegationRefused, Grant, MAX_TTL, Resolution};
 use crate::clock::rfc3339;
 use crate::error::Error;
 use crate::executor::Caller;
 use crate::tools::ArgError;
+use crate::vault::SealedCredential;
 
 /// The delegation header.
 pub const DELEGATION_HEADER: &str = "strongbox-delegation";
 
-/// An authenticated agent with a valid delegation, rate-limited per agent.
-pub struct AgentCaller(pub Caller);
+/// The credentials an agent request carries, not yet checked.
+pub struct AgentRequest {
+    bearer: Option<String>,
+    delegation: Option<String>,
+    request_id: String,
+}
 
 fn request_id(parts: &Parts) -> String {
     parts
@@ -37,40 +42,63 @@ fn request_id(parts: &Parts) -> String {
         .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned)
 }
 
-impl FromRequestParts<AppState> for AgentCaller {
+impl FromRequestParts<AppState> for AgentRequest {
     type Rejection = Error;
 
-    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, Error> {
-        let bearer = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or(Error::AgentUnauthorized)?;
-        let agent = app
-            .agents
-            .authenticate(bearer.trim())
-            .await?
-            .ok_or(Error::AgentUnauthorized)?;
+    async fn from_request_parts(parts: &mut Parts, _app: &AppState) -> Result<Self, Error> {
+        let text = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.trim().to_owned())
+        };
+        Ok(AgentRequest {
+            bearer: text(header::AUTHORIZATION.as_str())
+                .and_then(|v| v.strip_prefix("Bearer ").map(|s| s.trim().to_owned())),
+            delegation: text(DELEGATION_HEADER),
+            request_id: request_id(parts),
+        })
+    }
+}
+
+impl AgentRequest {
+    /// Checks, in this order: the agent secret (401), the agent's rate limit (429), the
+    /// delegation (401/403). One database read also returns the delegating user's
+    /// connection to `provider`.
+    async fn check(
+        self,
+        app: &AppState,
+        provider: &str,
+    ) -> Result<(Caller, Option<SealedCredential>), Error> {
+        let bearer = self.bearer.ok_or(Error::AgentUnauthorized)?;
+        let token = self.delegation.unwrap_or_default();
+        let resolution = app.agents.resolve(&bearer, &token, provider).await?;
+        let agent = match &resolution {
+            Resolution::Unauthenticated => return Err(Error::AgentUnauthorized),
+            Resolution::Refused(agent, _) | Resolution::Accepted { agent, .. } => agent,
+        };
         app.agent_limiter
             .take(agent.name.clone())
             .map_err(Error::RateLimited)?;
-        let token = parts
-            .headers
-            .get(DELEGATION_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .ok_or(Error::DelegationInvalid)?;
-        let delegation = match app.agents.delegation(&agent, token.trim()).await? {
-            Ok(d) => d,
-            Err(DelegationRefused::Invalid) => return Err(Error::DelegationInvalid),
-            Err(DelegationRefused::OtherAgent) => return Err(Error::DelegationForeign),
-            Err(DelegationRefused::Expired) => return Err(Error::DelegationExpired),
-        };
-        Ok(AgentCaller(Caller {
-            agent: agent.name,
-            delegation,
-            request_id: request_id(parts),
-        }))
+        match resolution {
+            Resolution::Unauthenticated => Err(Error::AgentUnauthorized),
+            Resolution::Refused(_, DelegationRefused::Invalid) => Err(Error::DelegationInvalid),
+            Resolution::Refused(_, DelegationRefused::OtherAgent) => Err(Error::DelegationForeign),
+            Resolution::Refused(_, DelegationRefused::Expired) => Err(Error::DelegationExpired),
+            Resolution::Accepted {
+                agent,
+                delegation,
+                connection,
+            } => Ok((
+                Caller {
+                    agent: agent.name,
+                    delegation,
+                    request_id: self.request_id,
+                },
+                connection.map(SealedCredential::from_row),
+            )),
+        }
     }
 }
 
@@ -94,20 +122,24 @@ struct RunBody {
 /// `POST /v1/tools/{tool}/run` — runs a tool in the delegating user's context.
 pub async fn run_tool(
     State(app): State<AppState>,
-    AgentCaller(caller): AgentCaller,
+    request: AgentRequest,
     Path(tool): Path<String>,
     body: Bytes,
 ) -> Result<Response, Error> {
-    let tool = app
-        .tools
-        .get(&tool)
-        .ok_or_else(|| Error::UnknownTool(tool.clone()))?;
+    let found = app.tools.get(&tool);
+    let (caller, connection) = request
+        .check(&app, found.map_or("", |t| t.provider.as_str()))
+        .await?;
+    let tool = found.ok_or_else(|| Error::UnknownTool(tool.clone()))?;
     if !caller.delegation.tools.iter().any(|t| t == &tool.name) {
         return Err(Error::ToolNotDelegated(tool.name.clone()));
     }
     let body: RunBody = json_body(&body)?;
     let url = tool.request_url(&body.args)?;
-    let out = app.broker.run(&caller, &app.policies, tool, url).await?;
+    let out = app
+        .broker
+        .run(&caller, &app.policies, tool, url, connection)
+        .await?;
     Ok(Json(out).into_response())
 }
 
@@ -120,14 +152,15 @@ struct ReleaseBody {
 /// `POST /v1/credentials/{provider}` — raw release, where policy allows.
 pub async fn release(
     State(app): State<AppState>,
-    AgentCaller(caller): AgentCaller,
+    request: AgentRequest,
     Path(provider): Path<String>,
     body: Bytes,
 ) -> Result<Response, Error> {
+    let (caller, connection) = request.check(&app, &provider).await?;
     let body: ReleaseBody = json_body(&body)?;
     let released = app
         .broker
-        .release(&caller, &app.policies, &provider, body.scopes)
+        .release(&caller, &app.policies, &provider, body.scopes, connection)
         .await?;
     let mut resp = (StatusCode::OK, released.0.to_string()).into_response();
     resp.headers_mut().insert(

@@ -63,21 +63,6 @@ where
         .transpose()
 }
 
-/// The agent with `id` and its secret digest.
-pub async fn agent_secret<'e, E>(e: E, id: &str) -> Result<Option<(AgentRow, Vec<u8>)>, sqlx::Error>
-where
-    E: sqlx::Executor<'e, Database = sqlx::Any>,
-{
-    let Some(r) = sqlx::query("SELECT id, name, created_at, secret_hash FROM agent WHERE id = $1")
-        .bind(id)
-        .fetch_optional(e)
-        .await?
-    else {
-        return Ok(None);
-    };
-    Ok(Some((agent_row(&r)?, r.try_get("secret_hash")?)))
-}
-
 pub async fn delete_agent(conn: &mut Conn, name: &str) -> Result<bool, sqlx::Error> {
     Ok(sqlx::query("DELETE FROM agent WHERE name = $1")
         .bind(name)
@@ -123,34 +108,6 @@ pub async fn insert_delegation(
     Ok(())
 }
 
-pub async fn delegation<'e, E>(
-    e: E,
-    token_hash: &[u8],
-) -> Result<Option<DelegationRow>, sqlx::Error>
-where
-    E: sqlx::Executor<'e, Database = sqlx::Any>,
-{
-    let Some(r) = sqlx::query(
-        "SELECT handle, agent_id, user_id, tools, providers, created_at, expires_at \
-         FROM delegation WHERE token_hash = $1",
-    )
-    .bind(token_hash)
-    .fetch_optional(e)
-    .await?
-    else {
-        return Ok(None);
-    };
-    Ok(Some(DelegationRow {
-        handle: r.try_get("handle")?,
-        agent_id: r.try_get("agent_id")?,
-        user_id: r.try_get("user_id")?,
-        tools: r.try_get("tools")?,
-        providers: r.try_get("providers")?,
-        created_at: r.try_get("created_at")?,
-        expires_at: r.try_get("expires_at")?,
-    }))
-}
-
 /// Revokes every delegation a user issued; returns how many.
 pub async fn delete_delegations_of(conn: &mut Conn, user_id: &str) -> Result<u64, sqlx::Error> {
     Ok(sqlx::query("DELETE FROM delegation WHERE user_id = $1")
@@ -170,4 +127,65 @@ where
         .execute(e)
         .await?
         .rows_affected())
+}
+
+/// Everything an agent request needs, read with one statement: the agent (with its
+/// secret digest), the delegation behind `token_hash` if any, and that delegation's
+/// user's connection to `provider` if any.
+pub struct RequestRows {
+    pub agent: AgentRow,
+    pub secret_hash: Vec<u8>,
+    pub delegation: Option<DelegationRow>,
+    pub connection: Option<super::connection::ConnectionRow>,
+}
+
+pub async fn request_rows<'e, E>(
+    e: E,
+    agent_id: &str,
+    token_hash: &[u8],
+    provider: &str,
+) -> Result<Option<RequestRows>, sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let sql = SQL.get_or_init(|| {
+        format!(
+            "SELECT a.id, a.name, a.created_at, a.secret_hash, d.handle AS d_handle, \
+         d.agent_id AS d_agent_id, d.user_id AS d_user_id, d.tools AS d_tools, \
+         d.providers AS d_providers, d.created_at AS d_created_at, d.expires_at AS d_expires_at, \
+         {} FROM agent a \
+         LEFT JOIN delegation d ON d.token_hash = $2 \
+         LEFT JOIN connection c ON c.user_id = d.user_id AND c.provider = $3 \
+         WHERE a.id = $1",
+            super::connection::columns_as("c")
+        )
+    });
+    let Some(r) = sqlx::query(sql)
+        .bind(agent_id)
+        .bind(token_hash)
+        .bind(provider)
+        .fetch_optional(e)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let delegation = match r.try_get::<Option<String>, _>("d_handle")? {
+        Some(handle) => Some(DelegationRow {
+            handle,
+            agent_id: r.try_get("d_agent_id")?,
+            user_id: r.try_get("d_user_id")?,
+            tools: r.try_get("d_tools")?,
+            providers: r.try_get("d_providers")?,
+            created_at: r.try_get("d_created_at")?,
+            expires_at: r.try_get("d_expires_at")?,
+        }),
+        None => None,
+    };
+    Ok(Some(RequestRows {
+        agent: agent_row(&r)?,
+        secret_hash: r.try_get("secret_hash")?,
+        delegation,
+        connection: super::connection::from_row_as(&r, "c")?,
+    }))
 }

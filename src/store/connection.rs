@@ -54,6 +54,40 @@ fn from_row(row: &AnyRow) -> Result<ConnectionRow, sqlx::Error> {
     })
 }
 
+/// The connection columns under `alias.` for a join, each renamed `{alias}_{column}`.
+pub fn columns_as(alias: &str) -> String {
+    COLUMNS
+        .split(',')
+        .map(|c| {
+            let c = c.trim();
+            format!("{alias}.{c} AS {alias}_{c}")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A row selected with [`columns_as`]; `None` when the join found no connection.
+pub fn from_row_as(row: &AnyRow, alias: &str) -> Result<Option<ConnectionRow>, sqlx::Error> {
+    let col = |c: &str| format!("{alias}_{c}");
+    let Some(id) = row.try_get::<Option<String>, _>(col("id").as_str())? else {
+        return Ok(None);
+    };
+    Ok(Some(ConnectionRow {
+        id,
+        user_id: row.try_get(col("user_id").as_str())?,
+        provider: row.try_get(col("provider").as_str())?,
+        scopes: row.try_get(col("scopes").as_str())?,
+        status: row.try_get(col("status").as_str())?,
+        kek_version: row.try_get(col("kek_version").as_str())?,
+        generation: row.try_get(col("generation").as_str())?,
+        envelope: row.try_get(col("envelope").as_str())?,
+        expires_at: row.try_get(col("expires_at").as_str())?,
+        created_at: row.try_get(col("created_at").as_str())?,
+        updated_at: row.try_get(col("updated_at").as_str())?,
+        last_used_at: row.try_get(col("last_used_at").as_str())?,
+    }))
+}
+
 /// The id and generation of a user's connection to a provider, locked for this transaction.
 pub async fn find_for_update(
     conn: &mut Conn,

@@ -135,6 +135,11 @@ impl std::fmt::Debug for SealedCredential {
 }
 
 impl SealedCredential {
+    /// Wraps a row read elsewhere (the agent routes read it with the delegation).
+    pub(crate) fn from_row(row: ConnectionRow) -> SealedCredential {
+        SealedCredential { row }
+    }
+
     pub fn id(&self) -> &str {
         &self.row.id
     }
