@@ -78,7 +78,7 @@ pub enum Resolution {
     Accepted {
         agent: AgentRow,
         delegation: Delegation,
-        connection: Option<crate::store::connection::ConnectionRow>,
+        connection: Option<Box<crate::store::connection::ConnectionRow>>,
     },
 }
 
@@ -210,7 +210,7 @@ impl Agents {
             Ok(delegation) => Resolution::Accepted {
                 agent: rows.agent,
                 delegation,
-                connection: rows.connection,
+                connection: rows.connection.map(Box::new),
             },
             Err(why) => Resolution::Refused(rows.agent, why),
         })

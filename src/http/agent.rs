@@ -96,7 +96,7 @@ impl AgentRequest {
                     delegation,
                     request_id: self.request_id,
                 },
-                connection.map(SealedCredential::from_row),
+                connection.map(|row| SealedCredential::from_row(*row)),
             )),
         }
     }
