@@ -206,6 +206,20 @@ impl Policies {
         action: &Action<'_>,
         scopes: &[String],
     ) -> Result<Verdict, PolicyError> {
+        self.decide_checked(agent, user, action, scopes, None)
+    }
+
+    /// [`Policies::decide`], optionally validating the request and entities against the
+    /// schema (the tests do; the service need not: it builds them to the schema's shape,
+    /// and the policies were validated at load).
+    fn decide_checked(
+        &self,
+        agent: &str,
+        user: &str,
+        action: &Action<'_>,
+        scopes: &[String],
+        schema: Option<&Schema>,
+    ) -> Result<Verdict, PolicyError> {
         let principal = uid("Agent", agent)?;
         let user_uid = uid("User", user)?;
         let mut entities = vec![
@@ -253,10 +267,10 @@ impl Policies {
             uid("Action", action_id)?,
             resource,
             context,
-            Some(&self.schema),
+            schema,
         )
         .map_err(|e| PolicyError::Request(e.to_string()))?;
-        let entities = Entities::from_entities(entities, Some(&self.schema))
+        let entities = Entities::from_entities(entities, schema)
             .map_err(|e| PolicyError::Request(e.to_string()))?;
         let response = self
             .authorizer
@@ -362,6 +376,30 @@ permit(principal == Agent::"chat-backend", action == Action::"fetch_credential",
             .unwrap();
         assert!(!v.allowed);
         assert_eq!(v.policies, vec!["chat-backend.cedar#2".to_owned()]);
+    }
+
+    #[test]
+    fn requests_conform_to_the_schema() {
+        let p = example();
+        let scopes = s(&["user-read-private"]);
+        for action in [
+            Action::RunTool {
+                tool: "spotify.me",
+                provider: "spotify",
+                tool_scopes: &scopes,
+            },
+            Action::FetchCredential {
+                provider: "spotify",
+            },
+        ] {
+            let checked = p
+                .decide_checked("chat-backend", "u1", &action, &scopes, Some(&p.schema))
+                .unwrap();
+            assert_eq!(
+                checked,
+                p.decide("chat-backend", "u1", &action, &scopes).unwrap()
+            );
+        }
     }
 
     #[test]
