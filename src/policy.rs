@@ -206,7 +206,10 @@ impl Policies {
         action: &Action<'_>,
         scopes: &[String],
     ) -> Result<Verdict, PolicyError> {
-        self.decide_checked(agent, user, action, scopes, None)
+        // Debug builds (the tests) validate every request against the schema; release
+        // builds skip it: the requests are built here to the schema's shape.
+        let schema = cfg!(debug_assertions).then_some(&self.schema);
+        self.decide_checked(agent, user, action, scopes, schema)
     }
 
     /// [`Policies::decide`], optionally validating the request and entities against the
