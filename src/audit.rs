@@ -153,23 +153,7 @@ impl Event {
 
 /// Appends `event` inside the caller's transaction; returns its sequence number.
 pub async fn append(conn: &mut Conn, at_ms: i64, event: Event) -> Result<i64, sqlx::Error> {
-    let (seq, prev_hash) = rows::advance_head(conn).await?;
-    let mut row = EventRow {
-        seq,
-        at_ms,
-        kind: event.kind.as_str().to_owned(),
-        actor: event.actor.encode(),
-        subject: event.subject,
-        outcome: event.outcome.as_str().to_owned(),
-        request_id: event.request_id,
-        // serde_json without `preserve_order` writes object keys sorted: canonical.
-        detail: event.detail.to_string(),
-        prev_hash,
-        hash: Vec::new(),
-    };
-    row.hash = chain_hash(&row).to_vec();
-    rows::insert(conn, &row).await?;
-    Ok(seq)
+    append_many(conn, vec![(at_ms, event)]).await
 }
 
 /// Appends `events` in order inside the caller's transaction with two statements (one

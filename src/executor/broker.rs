@@ -15,13 +15,11 @@ use crate::audit::{self, Actor, Event, Kind, Outcome};
 use crate::clock::{Clock, rfc3339};
 use crate::error::Error;
 use crate::journal::Journal;
-use crate::oauth::{OAuth, OAuthError};
+use crate::oauth::OAuth;
 use crate::policy::{Action, Policies};
-use crate::secret::{AccessToken, IdToken, RefreshToken};
 use crate::store::Db;
-use crate::store::connection as conns;
 use crate::tools::Tool;
-use crate::vault::{Scopes, SealedCredential, TokenSet, Vault};
+use crate::vault::{SealedCredential, Vault};
 
 /// An access token this close to expiry (seconds) is refreshed before use.
 pub const REFRESH_MARGIN: i64 = 60;
@@ -60,15 +58,17 @@ pub struct ToolOutput {
 
 /// Runs tools and releases credentials for agents.
 pub struct Broker {
-    exec: Executor,
-    vault: Arc<Vault>,
-    oauth: Arc<OAuth>,
-    db: Db,
-    clock: Arc<dyn Clock>,
+    pub(super) exec: Executor,
+    pub(super) vault: Arc<Vault>,
+    pub(super) oauth: Arc<OAuth>,
+    pub(super) db: Db,
+    pub(super) clock: Arc<dyn Clock>,
     http: reqwest::Client,
-    lease_seconds: i64,
+    /// Seconds a refresh lease lasts: the provider timeout and a margin.
+    pub(super) lease_seconds: i64,
     journal: Journal,
-    flights: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
+    /// In-process single-flight locks, by connection id (see `refresh.rs`).
+    pub(super) flights: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
 }
 
 impl Broker {
@@ -109,221 +109,6 @@ impl Broker {
             journal,
             flights: Mutex::new(HashMap::new()),
         })
-    }
-
-    /// The in-process single-flight lock for one connection.
-    fn flight(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut map = self
-            .flights
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(lock) = map.get(id).and_then(Weak::upgrade) {
-            return lock;
-        }
-        map.retain(|_, w| w.strong_count() > 0);
-        let lock = Arc::new(tokio::sync::Mutex::new(()));
-        map.insert(id.to_owned(), Arc::downgrade(&lock));
-        lock
-    }
-
-    fn needs_refresh(&self, sealed: &SealedCredential, margin: i64) -> bool {
-        sealed
-            .expires_at()
-            .is_some_and(|t| t - self.clock.unix() < margin)
-    }
-
-    /// Refreshes connection `id` ahead of time when its token expires within `margin`
-    /// seconds (the background refresher). Same single flight as on-demand refresh.
-    pub async fn refresh_ahead(&self, id: &str, margin: i64) -> Result<bool, Error> {
-        let Some(sealed) = self.vault.load_by_id(id).await? else {
-            return Ok(false);
-        };
-        if sealed.status() != "active" || !self.needs_refresh(&sealed, margin) {
-            return Ok(false);
-        }
-        self.fresh_within(sealed, &Actor::System, margin).await?;
-        Ok(true)
-    }
-
-    fn reauth(&self, sealed: &SealedCredential) -> Error {
-        let scopes: Vec<String> = sealed.scopes().iter().map(|s| (*s).to_owned()).collect();
-        Error::ReauthRequired {
-            provider: sealed.provider().to_owned(),
-            url: self.oauth.connect_url(sealed.provider(), &scopes),
-        }
-    }
-
-    /// The connection with an access token valid for at least [`REFRESH_MARGIN`] seconds,
-    /// refreshing it first if needed. Concurrent callers, in this process and in others
-    /// sharing the database, cause one refresh at the provider and all see its result.
-    pub async fn fresh(
-        &self,
-        sealed: SealedCredential,
-        actor: &Actor,
-    ) -> Result<SealedCredential, Error> {
-        self.fresh_within(sealed, actor, REFRESH_MARGIN).await
-    }
-
-    async fn fresh_within(
-        &self,
-        sealed: SealedCredential,
-        actor: &Actor,
-        margin: i64,
-    ) -> Result<SealedCredential, Error> {
-        if sealed.status() == "reauth_required" {
-            return Err(self.reauth(&sealed));
-        }
-        if !self.needs_refresh(&sealed, margin) {
-            return Ok(sealed);
-        }
-        let id = sealed.id().to_owned();
-        let lock = self.flight(&id);
-        let _one_here = lock.lock().await;
-        let deadline = self.clock.unix() + self.lease_seconds + 5;
-        loop {
-            // Re-read after every wait: someone else may have refreshed already.
-            let current = self
-                .vault
-                .load_by_id(&id)
-                .await?
-                .ok_or_else(|| Error::NotConnected {
-                    provider: sealed.provider().to_owned(),
-                    url: self.oauth.connect_url(sealed.provider(), &[]),
-                })?;
-            if current.status() == "reauth_required" {
-                return Err(self.reauth(&current));
-            }
-            if !self.needs_refresh(&current, margin) {
-                return Ok(current);
-            }
-            let now = self.clock.unix();
-            if conns::take_refresh_lease(self.db.pool(), &id, now, now + self.lease_seconds).await?
-            {
-                return self.refresh_leased(current, actor).await;
-            }
-            if self.clock.unix() > deadline {
-                return Err(Error::RefreshBusy);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Refreshes `current`, whose lease this task holds; the lease ends with the store (or
-    /// the failure record) in one transaction.
-    async fn refresh_leased(
-        &self,
-        current: SealedCredential,
-        actor: &Actor,
-    ) -> Result<SealedCredential, Error> {
-        let old = self.exec.with_tokens(&current, copy_tokens).await?;
-        let Some(refresh_token) = old.refresh_token.as_ref() else {
-            let mut tx = self.db.begin().await?;
-            conns::release_refresh_lease(&mut tx, current.id()).await?;
-            tx.commit().await?;
-            return Err(self.reauth(&current));
-        };
-        let subject = format!("user:{}", current.user_id());
-        let base = json!({"connection": current.id(), "provider": current.provider()});
-        match self
-            .oauth
-            .refresh_grant(current.provider(), refresh_token, &old.scopes)
-            .await
-        {
-            Ok(new) => {
-                // The new refresh token (or, without one, the old) is stored, and the lease
-                // released, before the new access token is used.
-                let merged = TokenSet {
-                    refresh_token: new
-                        .refresh_token
-                        .or_else(|| Some(RefreshToken::new(refresh_token.reveal().to_owned()))),
-                    id_token: new.id_token.or_else(|| {
-                        old.id_token
-                            .as_ref()
-                            .map(|t| IdToken::new(t.reveal().to_owned()))
-                    }),
-                    scopes: if new.scopes.is_empty() {
-                        old.scopes.clone()
-                    } else {
-                        new.scopes
-                    },
-                    ..new
-                };
-                let rotated = merged
-                    .refresh_token
-                    .as_ref()
-                    .is_some_and(|t| !t.ct_eq(refresh_token));
-                let mut tx = self.db.begin().await?;
-                let event = Event::new(Kind::CredentialRefreshed, actor.clone(), subject)
-                    .detail(json!({"rotated_refresh_token": rotated}));
-                self.vault
-                    .store(
-                        &mut tx,
-                        event,
-                        current.user_id(),
-                        current.provider(),
-                        &merged,
-                        Scopes::Replace,
-                    )
-                    .await?;
-                tx.commit().await?;
-                self.vault
-                    .load_by_id(current.id())
-                    .await?
-                    .ok_or_else(|| self.reauth(&current))
-            }
-            Err(OAuthError::ProviderError(reason)) if reason == "invalid_grant" => {
-                // Revoked or expired refresh token. Only if it is still the stored one
-                // (nobody replaced it meanwhile) does the connection need the user again.
-                let mut tx = self.db.begin().await?;
-                let now_stored = conns::find_for_update(
-                    &mut tx,
-                    self.db.backend(),
-                    current.user_id(),
-                    current.provider(),
-                )
-                .await?;
-                let still_ours = now_stored
-                    .as_ref()
-                    .is_some_and(|r| r.id == current.id() && r.generation == current.generation());
-                if still_ours {
-                    self.vault
-                        .set_status(&mut tx, current.id(), "reauth_required")
-                        .await?;
-                }
-                conns::release_refresh_lease(&mut tx, current.id()).await?;
-                let event = Event::new(Kind::RefreshFailed, actor.clone(), subject)
-                    .outcome(Outcome::Failure)
-                    .detail(
-                        json!({"connection": current.id(), "provider": current.provider(),
-                        "reason": "invalid_grant", "reauth_required": still_ours}),
-                    );
-                audit::append(&mut tx, self.clock.unix_ms(), event).await?;
-                tx.commit().await?;
-                if still_ours {
-                    Err(self.reauth(&current))
-                } else {
-                    Err(Error::RefreshBusy)
-                }
-            }
-            Err(e) => {
-                let reason = match &e {
-                    OAuthError::ProviderError(r) | OAuthError::ProviderFailed(r) => r.clone(),
-                    other => other.to_string(),
-                };
-                let mut tx = self.db.begin().await?;
-                conns::release_refresh_lease(&mut tx, current.id()).await?;
-                let mut detail = base;
-                if let Some(d) = detail.as_object_mut() {
-                    d.insert("reason".into(), reason.clone().into());
-                }
-                let event = Event::new(Kind::RefreshFailed, actor.clone(), subject)
-                    .outcome(Outcome::Failure)
-                    .detail(detail);
-                audit::append(&mut tx, self.clock.unix_ms(), event).await?;
-                tx.commit().await?;
-                Err(Error::ProviderFailed(reason))
-            }
-        }
     }
 
     /// Loads the caller's connection to `provider` and checks it holds `scopes`.
@@ -538,24 +323,6 @@ impl Broker {
             (_, Some(reason)) => Err(Error::ProviderFailed(reason)),
             (Err(reason), None) => Err(Error::ProviderFailed(reason)),
         }
-    }
-}
-
-/// A copy of a token set that outlives the executor's loan (for a refresh).
-fn copy_tokens(t: &TokenSet) -> TokenSet {
-    TokenSet {
-        access_token: AccessToken::new(t.access_token.reveal().to_owned()),
-        refresh_token: t
-            .refresh_token
-            .as_ref()
-            .map(|r| RefreshToken::new(r.reveal().to_owned())),
-        id_token: t
-            .id_token
-            .as_ref()
-            .map(|r| IdToken::new(r.reveal().to_owned())),
-        token_type: t.token_type.clone(),
-        expires_at: t.expires_at,
-        scopes: t.scopes.clone(),
     }
 }
 

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 mod broker;
+mod refresh;
 mod revoke;
 
 pub use broker::{Broker, Caller, REFRESH_MARGIN, Released, ToolOutput};

@@ -54,8 +54,13 @@ impl FromRequestParts<AppState> for AgentRequest {
                 .map(|v| v.trim().to_owned())
         };
         Ok(AgentRequest {
-            bearer: text(header::AUTHORIZATION.as_str())
-                .and_then(|v| v.strip_prefix("Bearer ").map(|s| s.trim().to_owned())),
+            // The scheme name is case-insensitive (RFC 9110 §11.1).
+            bearer: text(header::AUTHORIZATION.as_str()).and_then(|v| {
+                let (scheme, secret) = v.split_once(' ')?;
+                scheme
+                    .eq_ignore_ascii_case("bearer")
+                    .then(|| secret.trim().to_owned())
+            }),
             delegation: text(DELEGATION_HEADER),
             request_id: request_id(parts),
         })
@@ -109,7 +114,15 @@ fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Error> {
     } else {
         body
     };
-    serde_json::from_slice(bytes).map_err(|e| Error::BadRequest(format!("the JSON body: {e}")))
+    // The message names the place, never the content (it could be anything the caller sent).
+    serde_json::from_slice(bytes).map_err(|e| {
+        Error::BadRequest(format!(
+            "the JSON body is not the expected shape ({:?} error at line {}, column {})",
+            e.classify(),
+            e.line(),
+            e.column()
+        ))
+    })
 }
 
 #[derive(Debug, Default, Deserialize)]

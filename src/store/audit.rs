@@ -20,37 +20,8 @@ pub struct EventRow {
     pub hash: Vec<u8>,
 }
 
-/// Takes the next sequence number and returns it with the previous hash. Locks the head
-/// row until commit, so appends are totally ordered.
-pub async fn advance_head(conn: &mut Conn) -> Result<(i64, Vec<u8>), sqlx::Error> {
-    let row = sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
-        .fetch_one(conn)
-        .await?;
-    Ok((row.try_get("seq")?, row.try_get("hash")?))
-}
-
-pub async fn insert(conn: &mut Conn, e: &EventRow) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO audit_event (seq, at_ms, kind, actor, subject, outcome, request_id, detail, \
-         prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-    )
-    .bind(e.seq)
-    .bind(e.at_ms)
-    .bind(&e.kind)
-    .bind(&e.actor)
-    .bind(&e.subject)
-    .bind(&e.outcome)
-    .bind(&e.request_id)
-    .bind(&e.detail)
-    .bind(e.prev_hash.as_slice())
-    .bind(e.hash.as_slice())
-    .execute(conn)
-    .await?;
-    // The `audit_event_moves_head` trigger sets the head's hash.
-    Ok(())
-}
-
-/// Takes `n` sequence numbers at once; returns the last one and the previous hash.
+/// Takes `n` sequence numbers at once; returns the last one and the previous hash. Locks
+/// the head row until commit, so appends are totally ordered.
 pub async fn advance_head_by(conn: &mut Conn, n: i64) -> Result<(i64, Vec<u8>), sqlx::Error> {
     let row = sqlx::query("UPDATE audit_head SET seq = seq + $1 WHERE id = 1 RETURNING seq, hash")
         .bind(n)
@@ -59,7 +30,8 @@ pub async fn advance_head_by(conn: &mut Conn, n: i64) -> Result<(i64, Vec<u8>), 
     Ok((row.try_get("seq")?, row.try_get("hash")?))
 }
 
-/// Inserts several events with one statement.
+/// Inserts several events with one statement. The `audit_event_moves_head` trigger sets
+/// the head's hash from the newest.
 pub async fn insert_many(conn: &mut Conn, events: &[EventRow]) -> Result<(), sqlx::Error> {
     if events.is_empty() {
         return Ok(());

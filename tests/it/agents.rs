@@ -34,6 +34,8 @@ struct Idp {
     api_paths: Vec<String>,
     /// Refresh responses omit the refresh token (the "keep the old one" quirk).
     no_refresh_in_refresh: bool,
+    /// The `scope` sent with each refresh grant.
+    refresh_scopes: Vec<Option<String>>,
 }
 
 type Shared = Arc<(Mutex<Idp>, AtomicUsize)>;
@@ -64,6 +66,8 @@ async fn token(State(s): State<Shared>, Form(f): Form<HashMap<String, String>>) 
     }
     let mut st = s.0.lock().unwrap();
     let scope = if refresh_grant {
+        let sent_scope = f.get("scope").cloned();
+        st.refresh_scopes.push(sent_scope);
         let presented = &f["refresh_token"];
         let Some(i) = st.refresh.iter().position(|r| r == presented) else {
             return (
@@ -164,6 +168,8 @@ permit(principal == Agent::"bot", action == Action::"run_tool", resource)
 permit(principal == Agent::"bot", action == Action::"fetch_credential",
        resource == Provider::"acme")
   when { ["openid", "email"].containsAll(context.scopes) };
+permit(principal == Agent::"bot", action == Action::"fetch_credential",
+       resource == Provider::"microsoft");
 "#;
 
 fn config(site: &Site, base: &str) -> strongbox::config::Config {
@@ -175,6 +181,7 @@ fn config(site: &Site, base: &str) -> strongbox::config::Config {
          [providers.acme]\nkind = \"oauth2\"\nclient_id = \"cid\"\nclient_secret = \"csecret\"\nlogin = true\n\
          authorize_url = \"{base}/authorize\"\ntoken_url = \"{base}/token\"\nuserinfo_url = \"{base}/userinfo\"\n\
          scopes = [\"openid\", \"email\"]\n\
+         [providers.microsoft]\nclient_id = \"cid\"\nclient_secret = \"csecret\"\ntoken_url = \"{base}/token\"\n\
          [tools.\"acme.items\"]\nprovider = \"acme\"\nmethod = \"GET\"\nurl = \"{base}/api/items/{{item}}/detail\"\n\
          query = [\"limit\"]\nscopes = [\"email\"]\n\
          [tools.\"acme.other\"]\nprovider = \"acme\"\nmethod = \"GET\"\nurl = \"{base}/api/other\"\nscopes = [\"email\"]\n\
@@ -366,6 +373,24 @@ async fn agents_end_to_end(site: Site) {
     )
     .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let lower = format!("bearer {bot_secret}");
+    let r2 = call(
+        &app,
+        "POST",
+        "/v1/tools/acme.items/run",
+        &[
+            ("authorization", lower.as_str()),
+            ("strongbox-delegation", dlg.as_str()),
+        ],
+        json!({"args": {"item": "42"}}),
+    )
+    .await;
+    assert_eq!(
+        r2.status,
+        StatusCode::OK,
+        "the scheme is case-insensitive: {}",
+        r2.text
+    );
     assert_eq!(r.json["status"], 200);
     assert_eq!(r.json["body"]["path"], "/api/items/42/detail?limit=5");
     assert!(
@@ -430,6 +455,23 @@ async fn agents_end_to_end(site: Site) {
             r.text
         );
     }
+    // A malformed body is a 400 that does not echo what was sent.
+    let r = call(
+        &app,
+        "POST",
+        "/v1/tools/acme.items/run",
+        &hs,
+        json!({"args": "echo-me-not-0xbeef"}),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.json["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_request")),
+        "{}",
+        r.text
+    );
+    assert!(!r.text.contains("echo-me-not"), "{}", r.text);
+
     // A redirect off the tool's host is not followed.
     let r = call(&app, "POST", "/v1/tools/acme.out/run", &hs, json!({})).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
@@ -888,4 +930,89 @@ async fn per_agent_rate_limit() {
     )
     .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
+}
+
+/// Microsoft needs `scope` again on a refresh grant (the catalogue's quirk); a generic
+/// OAuth 2.0 provider gets none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn microsoft_refresh_sends_scope() {
+    use strongbox::audit::{Actor, Event, Kind};
+    use strongbox::secret::{AccessToken, RefreshToken};
+    use strongbox::vault::{Scopes, TokenSet};
+    let site = Site::new(crate::support::Engine::Sqlite).await.unwrap();
+    let (base, idp) = start_idp().await;
+    site.ok(&["keys", "init"]);
+    let clock = ManualClock::at_unix(START);
+    let state = build(&site, &base, &clock).await;
+    let app = strongbox::app(state.clone());
+    let out = site.ok(&["agents", "add", "bot"]);
+    let auth = format!("Bearer {}", out.lines().last().unwrap().trim());
+    let (_, user, _) = sign_in(&app).await;
+    // A Microsoft connection whose access token has expired.
+    idp.0.lock().unwrap().refresh.push("rt-ms".into());
+    let scopes = vec![
+        "openid".to_owned(),
+        "offline_access".to_owned(),
+        "Mail.Read".to_owned(),
+    ];
+    let tokens = TokenSet {
+        access_token: AccessToken::new("at-ms-old".into()),
+        refresh_token: Some(RefreshToken::new("rt-ms".into())),
+        id_token: None,
+        token_type: "Bearer".into(),
+        expires_at: Some(START - 10),
+        scopes,
+    };
+    let mut tx = state.db.begin().await.unwrap();
+    let event = Event::new(Kind::CredentialStored, Actor::Cli, format!("user:{user}"));
+    state
+        .vault
+        .store(&mut tx, event, &user, "microsoft", &tokens, Scopes::Replace)
+        .await
+        .unwrap();
+    let agent = state.agents.by_name("bot").await.unwrap().unwrap();
+    let grant = Grant {
+        agent: "bot".into(),
+        tools: vec![],
+        providers: vec!["microsoft".into(), "acme".into()],
+        ttl: 900,
+    };
+    let (token, _) = state
+        .agents
+        .delegate(&mut tx, &user, &agent, &grant)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let dlg = strongbox::agents::token_text(&token).to_string();
+    let h = [
+        ("authorization", auth.as_str()),
+        ("strongbox-delegation", dlg.as_str()),
+    ];
+    let r = call(&app, "POST", "/v1/credentials/microsoft", &h, json!({})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_ne!(r.json["access_token"], "at-ms-old");
+    assert_eq!(
+        idp.0
+            .lock()
+            .unwrap()
+            .refresh_scopes
+            .last()
+            .cloned()
+            .flatten()
+            .as_deref(),
+        Some("openid offline_access Mail.Read")
+    );
+    // The generic provider's refresh carries no scope.
+    clock.advance(2 * 3600);
+    let dlg = delegate(&state, &user, "bot", &[], 900).await;
+    let h = [
+        ("authorization", auth.as_str()),
+        ("strongbox-delegation", dlg.as_str()),
+    ];
+    let r = call(&app, "POST", "/v1/credentials/acme", &h, json!({})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(
+        idp.0.lock().unwrap().refresh_scopes.last().cloned(),
+        Some(None)
+    );
 }
