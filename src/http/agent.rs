@@ -16,16 +16,18 @@ use crate::agents::{DEFAULT_TTL, DelegationRefused, Grant, MAX_TTL, Resolution};
 use crate::clock::rfc3339;
 use crate::error::Error;
 use crate::executor::Caller;
+use crate::secret::{AgentSecret, DelegationToken};
 use crate::tools::ArgError;
 use crate::vault::SealedCredential;
 
 /// The delegation header.
 pub const DELEGATION_HEADER: &str = "strongbox-delegation";
 
-/// The credentials an agent request carries, not yet checked.
+/// The credentials an agent request carries, not yet checked (held as secret types: no
+/// `Debug`, zeroized on drop).
 pub struct AgentRequest {
-    bearer: Option<String>,
-    delegation: Option<String>,
+    bearer: Option<AgentSecret>,
+    delegation: Option<DelegationToken>,
     request_id: String,
 }
 
@@ -59,9 +61,9 @@ impl FromRequestParts<AppState> for AgentRequest {
                 let (scheme, secret) = v.split_once(' ')?;
                 scheme
                     .eq_ignore_ascii_case("bearer")
-                    .then(|| secret.trim().to_owned())
+                    .then(|| AgentSecret::new(secret.trim().to_owned()))
             }),
-            delegation: text(DELEGATION_HEADER),
+            delegation: text(DELEGATION_HEADER).map(DelegationToken::new),
             request_id: request_id(parts),
         })
     }
@@ -77,8 +79,8 @@ impl AgentRequest {
         provider: &str,
     ) -> Result<(Caller, Option<SealedCredential>), Error> {
         let bearer = self.bearer.ok_or(Error::AgentUnauthorized)?;
-        let token = self.delegation.unwrap_or_default();
-        let resolution = app.agents.resolve(&bearer, &token, provider).await?;
+        let token = self.delegation.as_ref().map_or("", DelegationToken::reveal);
+        let resolution = app.agents.resolve(bearer.reveal(), token, provider).await?;
         let agent = match &resolution {
             Resolution::Unauthenticated => return Err(Error::AgentUnauthorized),
             Resolution::Refused(agent, _) | Resolution::Accepted { agent, .. } => agent,
