@@ -103,8 +103,17 @@ impl Broker {
                 return Ok(current);
             }
             let now = self.clock.unix();
-            if conns::take_refresh_lease(self.db.pool(), &id, now, now + self.lease_seconds).await?
-            {
+            // The lease is taken only if the row is still the one just read, so the refresh
+            // token used below is the stored one.
+            let leased = conns::take_refresh_lease(
+                self.db.pool(),
+                &id,
+                current.generation(),
+                now,
+                now + self.lease_seconds,
+            )
+            .await?;
+            if leased {
                 return self.refresh_leased(current, actor).await;
             }
             if self.clock.unix() > deadline {

@@ -354,10 +354,12 @@ pub async fn set_status(conn: &mut Conn, id: &str, status: &str) -> Result<u64, 
 }
 
 /// Takes the refresh lease of a connection until `until`, unless another holder's lease
-/// is still running at `now`. One statement, so it is atomic on both backends.
+/// is still running at `now` or the row is no longer at `generation` (someone stored new
+/// tokens since the caller read it). One statement, so it is atomic on both backends.
 pub async fn take_refresh_lease<'e, E>(
     e: E,
     id: &str,
+    generation: i64,
     now: i64,
     until: i64,
 ) -> Result<bool, sqlx::Error>
@@ -366,11 +368,13 @@ where
 {
     Ok(sqlx::query(
         "UPDATE connection SET refresh_lease_until = $2 \
-         WHERE id = $1 AND (refresh_lease_until IS NULL OR refresh_lease_until <= $3)",
+         WHERE id = $1 AND generation = $4 \
+         AND (refresh_lease_until IS NULL OR refresh_lease_until <= $3)",
     )
     .bind(id)
     .bind(until)
     .bind(now)
+    .bind(generation)
     .execute(e)
     .await?
     .rows_affected()
