@@ -13,14 +13,12 @@
 
 use std::sync::Arc;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::json;
 use zeroize::Zeroizing;
 
 use crate::audit::{self, Actor, Event, Kind};
 use crate::clock::Clock;
-use crate::crypto::{CryptoError, constant_time_eq, fill_random, sha256};
+use crate::crypto::{CryptoError, constant_time_eq, random_text, sha256};
 use crate::secret::{AgentSecret, DelegationToken};
 use crate::store::agents::{self as rows, AgentRow, DelegationRow};
 use crate::store::{Conn, Db};
@@ -104,12 +102,6 @@ fn agent_id(bearer: &str) -> Option<&str> {
         .strip_prefix(AGENT_PREFIX)
         .and_then(|rest| rest.split_once('_'))?;
     (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
-}
-
-fn random_text(bytes: usize) -> Result<Zeroizing<String>, CryptoError> {
-    let mut raw = Zeroizing::new(vec![0u8; bytes]);
-    fill_random(&mut raw)?;
-    Ok(Zeroizing::new(URL_SAFE_NO_PAD.encode(raw.as_slice())))
 }
 
 /// A delegation token as its holder receives it (what `POST /api/delegations` answers).

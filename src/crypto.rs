@@ -283,6 +283,17 @@ pub fn fill_random(buf: &mut [u8]) -> Result<(), CryptoError> {
     SystemRandom::new().fill(buf).map_err(|_| CryptoError::Rng)
 }
 
+/// `bytes` random bytes from the OS CSPRNG as unpadded URL-safe base64, in a zeroizing
+/// string: session secrets, agent secrets, delegation tokens, opaque handles.
+pub fn random_text(bytes: usize) -> Result<Zeroizing<String>, CryptoError> {
+    use base64::Engine;
+    let mut raw = Zeroizing::new(vec![0u8; bytes]);
+    fill_random(&mut raw)?;
+    Ok(Zeroizing::new(
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw.as_slice()),
+    ))
+}
+
 /// A fresh random nonce from the OS CSPRNG.
 pub fn random_nonce() -> Result<[u8; NONCE_LEN], CryptoError> {
     let mut nonce = [0u8; NONCE_LEN];

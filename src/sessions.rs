@@ -11,10 +11,9 @@ use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use zeroize::Zeroizing;
 
 use crate::clock::Clock;
-use crate::crypto::{self, constant_time_eq, fill_random, hmac_sha256, sha256};
+use crate::crypto::{self, constant_time_eq, hmac_sha256, random_text, sha256};
 use crate::secret::SessionToken;
 use crate::store::sessions::{self as rows, SessionRow};
 use crate::store::{Conn, Db};
@@ -70,12 +69,6 @@ pub struct Sessions {
 
 fn digest(token: &SessionToken) -> [u8; 32] {
     sha256(&[token.reveal().as_bytes()])
-}
-
-fn random_text(bytes: usize) -> Result<Zeroizing<String>, crypto::CryptoError> {
-    let mut raw = Zeroizing::new(vec![0u8; bytes]);
-    fill_random(&mut raw)?;
-    Ok(Zeroizing::new(URL_SAFE_NO_PAD.encode(raw.as_slice())))
 }
 
 /// Why a session could not be started.
