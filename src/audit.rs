@@ -159,35 +159,51 @@ pub async fn append(conn: &mut Conn, at_ms: i64, event: Event) -> Result<i64, sq
 /// Appends `events` in order inside the caller's transaction with two statements (one
 /// head update, one insert), whatever their number; returns the last sequence number.
 pub async fn append_many(conn: &mut Conn, events: Vec<(i64, Event)>) -> Result<i64, sqlx::Error> {
+    let mut out: Vec<EventRow> = events.into_iter().map(unlinked).collect();
+    append_rows(conn, &mut out).await
+}
+
+/// Appends rows made by [`unlinked`], linking them after the current head, inside the
+/// caller's transaction; returns the last sequence number.
+pub async fn append_rows(conn: &mut Conn, events: &mut [EventRow]) -> Result<i64, sqlx::Error> {
     let n = i64::try_from(events.len()).unwrap_or(i64::MAX);
     if n == 0 {
         return rows::head(&mut *conn).await.map(|(seq, _)| seq);
     }
-    let (last, mut prev_hash) = rows::advance_head_by(conn, n).await?;
-    let first = last - n + 1;
-    let mut out = Vec::with_capacity(events.len());
-    for (i, (at_ms, event)) in (0i64..).zip(events) {
-        let mut row = EventRow {
-            seq: first + i,
-            at_ms,
-            kind: event.kind.as_str().to_owned(),
-            actor: event.actor.encode(),
-            subject: event.subject,
-            outcome: event.outcome.as_str().to_owned(),
-            request_id: event.request_id,
-            detail: event.detail.to_string(),
-            prev_hash,
-            hash: Vec::new(),
-        };
-        row.hash = chain_hash(&row).to_vec();
-        prev_hash = row.hash.clone();
-        out.push(row);
-    }
+    let (last, prev_hash) = rows::advance_head_by(conn, n).await?;
+    link(events, last - n + 1, prev_hash);
     // Large batches go in slices that stay under every backend's bind-parameter limit.
-    for chunk in out.chunks(500) {
+    for chunk in events.chunks(500) {
         rows::insert_many(conn, chunk).await?;
     }
     Ok(last)
+}
+
+/// An event as a row, not yet given its place in the chain (see [`link`]).
+pub fn unlinked((at_ms, event): (i64, Event)) -> EventRow {
+    EventRow {
+        seq: 0,
+        at_ms,
+        kind: event.kind.as_str().to_owned(),
+        actor: event.actor.encode(),
+        subject: event.subject,
+        outcome: event.outcome.as_str().to_owned(),
+        request_id: event.request_id,
+        detail: event.detail.to_string(),
+        prev_hash: Vec::new(),
+        hash: Vec::new(),
+    }
+}
+
+/// Gives `events` the sequence numbers from `first` on and chains their hashes from
+/// `prev_hash` (the hash of event `first - 1`).
+pub fn link(events: &mut [EventRow], first: i64, mut prev_hash: Vec<u8>) {
+    for (seq, row) in (first..).zip(events.iter_mut()) {
+        row.seq = seq;
+        row.prev_hash = prev_hash;
+        row.hash = chain_hash(row).to_vec();
+        prev_hash = row.hash.clone();
+    }
 }
 
 /// The hash of an event: SHA-256 over a canonical, length-prefixed encoding.
@@ -290,7 +306,7 @@ pub async fn verify(db: &Db) -> Result<Verified, VerifyError> {
     }
     Ok(Verified {
         events: last,
-        head: prev.iter().map(|b| format!("{b:02x}")).collect(),
+        head: crate::crypto::hex(&prev),
     })
 }
 
@@ -380,6 +396,47 @@ mod tests {
             seqs.sort_unstable();
             assert_eq!(seqs, (1..=200).collect::<Vec<i64>>(), "every event committed once");
             assert_eq!(verify(&t.db).await.unwrap().events, 200);
+        }
+
+        async fn journals_and_other_writers_share_one_chain(t: TestDb) {
+            // Two journals (two instances on one database) and plain transactions append
+            // at once; text that JSON and SQL both escape must come back byte for byte.
+            let clock: std::sync::Arc<dyn crate::clock::Clock> = std::sync::Arc::new(crate::clock::SystemClock);
+            let journals = [
+                crate::journal::Journal::start(t.db.clone(), std::sync::Arc::clone(&clock)),
+                crate::journal::Journal::start(t.db.clone(), clock),
+            ];
+            let odd = "quote \" back \\ tab \t nl \n ctl \u{1} é 𝄞 ' ; -- $1";
+            let mut tasks = Vec::new();
+            for i in 0..300 {
+                let j = journals[i % 2].clone();
+                tasks.push(tokio::spawn(async move {
+                    let e = Event::new(Kind::CredentialReleased, Actor::Agent(format!("a{i}")), format!("user:{odd}{i}"))
+                        .request_id(format!("r{i}"))
+                        .detail(serde_json::json!({"n": i, "text": odd}));
+                    j.record(e, None).await.unwrap();
+                }));
+            }
+            for i in 0..20 {
+                let db = t.db.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut tx = db.begin().await.unwrap();
+                    append(&mut tx, 7, Event::new(Kind::KeyRotated, Actor::Cli, format!("plain {i}"))).await.unwrap();
+                    tx.commit().await.unwrap();
+                }));
+            }
+            for task in tasks {
+                task.await.unwrap();
+            }
+            assert_eq!(verify(&t.db).await.unwrap().events, 320);
+            let stored = rows::page(t.db.pool(), 0, 1000).await.unwrap();
+            let mine: Vec<_> = stored.iter().filter(|r| r.kind == "credential.released").collect();
+            assert_eq!(mine.len(), 300);
+            for r in mine {
+                let detail: serde_json::Value = serde_json::from_str(&r.detail).unwrap();
+                assert_eq!(detail["text"], odd);
+                assert!(r.subject.starts_with(&format!("user:{odd}")), "{}", r.subject);
+            }
         }
 
         async fn updates_and_deletes_are_refused(t: TestDb) {

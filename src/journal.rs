@@ -3,19 +3,24 @@
 //! Those events do not accompany another state change (only the connection's last-use
 //! time), and there can be thousands a second, each of which must be durable before its
 //! caller answers. One writer task per process takes every event waiting, appends them
-//! in one transaction (two audit statements and one last-use update, whatever the number)
-//! and, after the commit, answers each caller. A caller whose event is not committed gets
-//! an error and releases nothing. The chain and its order are exactly those of single
-//! appends; only the number of commits changes.
+//! in one transaction whatever their number and, after the commit, answers each caller. A
+//! caller whose event is not committed gets an error and releases nothing. The chain and
+//! its order are exactly those of single appends; only the number of commits changes.
+//!
+//! On PostgreSQL, a batch with no last-use time to write is one statement, conditional on
+//! the head being where this writer left it (see `store::audit::append_at_head`); when
+//! another writer has moved it, the head is read again, and after a few misses the batch
+//! takes the head's lock in a transaction like any other append.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::audit::{self, Event};
 use crate::clock::Clock;
-use crate::store::Db;
+use crate::store::audit::{self as audit_rows, EventRow};
+use crate::store::{Backend, Db};
 
 /// The most events one transaction carries.
 const MAX_BATCH: usize = 512;
@@ -67,44 +72,70 @@ impl Journal {
     }
 }
 
+/// Attempts at the one-statement append before taking the head's lock instead.
+const OPTIMISTIC_TRIES: usize = 3;
+
 async fn writer(db: Db, clock: Arc<dyn Clock>, mut rx: mpsc::Receiver<Pending>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let result = commit(&db, clock.as_ref(), &mut batch).await;
-        for (i, p) in batch.drain(..).enumerate() {
-            let answer = match &result {
-                Ok(first) => Ok(first + i64::try_from(i).unwrap_or(0)),
-                Err(e) => Err(e.clone()),
-            };
+    let mut pending = Vec::with_capacity(MAX_BATCH);
+    // The chain's head as this writer last left it: on PostgreSQL the next batch is
+    // appended in one statement on the condition that nobody has moved it since.
+    let mut head = None;
+    while rx.recv_many(&mut pending, MAX_BATCH).await > 0 {
+        let at_ms = clock.unix_ms();
+        let mut touched = BTreeSet::new();
+        let mut rows = Vec::with_capacity(pending.len());
+        let mut callers = Vec::with_capacity(pending.len());
+        for p in pending.drain(..) {
+            touched.extend(p.touch);
+            rows.push(audit::unlinked((at_ms, p.event)));
+            callers.push(p.done);
+        }
+        let ids: Vec<&str> = touched.iter().map(String::as_str).collect();
+        let result = commit(&db, clock.unix(), &mut rows, &ids, &mut head).await;
+        for (i, done) in (0i64..).zip(callers) {
             // The caller may have gone away; its event is committed regardless.
-            let _ = p.done.send(answer);
+            let _ = done.send(result.clone().map(|first| first + i));
         }
     }
 }
 
-/// Writes one batch; returns the first event's sequence number.
-async fn commit(db: &Db, clock: &dyn Clock, batch: &mut [Pending]) -> Result<i64, String> {
-    let at_ms = clock.unix_ms();
-    let now = clock.unix();
-    let mut touched = BTreeMap::new();
-    let mut events = Vec::with_capacity(batch.len());
-    for p in batch.iter_mut() {
-        if let Some(id) = p.touch.take() {
-            touched.insert(id, ());
-        }
-        let placeholder = Event::new(p.event.kind, p.event.actor.clone(), String::new());
-        events.push((at_ms, std::mem::replace(&mut p.event, placeholder)));
-    }
-    let n = i64::try_from(events.len()).unwrap_or(0);
+/// Writes one batch; returns the first event's sequence number and leaves `head` where
+/// the chain is after it (`None` when unknown).
+async fn commit(
+    db: &Db,
+    now: i64,
+    rows: &mut [EventRow],
+    touch: &[&str],
+    head: &mut Option<(i64, Vec<u8>)>,
+) -> Result<i64, String> {
+    let n = i64::try_from(rows.len()).unwrap_or(0);
     let run = async {
+        // One statement, no lock held between round trips, when there is nothing else to
+        // write and the head is where this writer left it.
+        if touch.is_empty() && db.backend() == Backend::Postgres {
+            for _ in 0..OPTIMISTIC_TRIES {
+                let (seq, hash) = match head.take() {
+                    Some(h) => h,
+                    None => audit_rows::head(db.pool()).await?,
+                };
+                audit::link(rows, seq + 1, hash.clone());
+                if audit_rows::append_at_head(db.pool(), seq, &hash, rows).await? {
+                    return Ok(seq + 1);
+                }
+            }
+        }
         let mut tx = db.begin().await?;
-        let ids: Vec<&str> = touched.keys().map(String::as_str).collect();
-        crate::store::connection::touch_many(&mut tx, &ids, now).await?;
-        let last = audit::append_many(&mut tx, events).await?;
+        crate::store::connection::touch_many(&mut tx, touch, now).await?;
+        let last = audit::append_rows(&mut tx, rows).await?;
         tx.commit().await?;
         Ok::<i64, sqlx::Error>(last - n + 1)
     };
-    run.await.map_err(|e| {
+    let result = run.await;
+    *head = match (&result, rows.last()) {
+        (Ok(_), Some(last)) => Some((last.seq, last.hash.clone())),
+        _ => None,
+    };
+    result.map_err(|e| {
         tracing::error!(error = %e, events = n, "audit batch failed");
         "database error".to_owned()
     })

@@ -73,6 +73,60 @@ pub async fn insert_many(conn: &mut Conn, events: &[EventRow]) -> Result<(), sql
     Ok(())
 }
 
+/// PostgreSQL only: appends `events` (already linked from `expected` and `expected_hash`)
+/// in one statement, and only if the head is still there (number and hash: a batch linked
+/// to a predecessor that was not written never matches); `false` if it is not
+/// (nothing is written then). One statement is its own transaction, so the head update,
+/// the events and the head hash (by trigger) commit together. The text never changes with
+/// the number of events (they travel as one JSON parameter), so it is prepared once per
+/// connection.
+pub async fn append_at_head<'e, E>(
+    e: E,
+    expected: i64,
+    expected_hash: &[u8],
+    events: &[EventRow],
+) -> Result<bool, sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let Some(last) = events.last() else {
+        return Ok(true);
+    };
+    let hex = crate::crypto::hex;
+    let json = serde_json::Value::Array(
+        events
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "seq": e.seq, "at_ms": e.at_ms, "kind": e.kind, "actor": e.actor,
+                    "subject": e.subject, "outcome": e.outcome, "request_id": e.request_id,
+                    "detail": e.detail, "prev_hash": hex(&e.prev_hash), "hash": hex(&e.hash),
+                })
+            })
+            .collect(),
+    )
+    .to_string();
+    let done = sqlx::query(
+        "WITH h AS (UPDATE audit_head SET seq = $2 WHERE id = 1 AND seq = $1 AND hash = $4 \
+         RETURNING seq) \
+         INSERT INTO audit_event (seq, at_ms, kind, actor, subject, outcome, request_id, detail, \
+         prev_hash, hash) \
+         SELECT e.seq, e.at_ms, e.kind, e.actor, e.subject, e.outcome, e.request_id, e.detail, \
+         decode(e.prev_hash, 'hex'), decode(e.hash, 'hex') \
+         FROM h, json_to_recordset($3::json) AS e(seq BIGINT, at_ms BIGINT, kind TEXT, \
+         actor TEXT, subject TEXT, outcome TEXT, request_id TEXT, detail TEXT, prev_hash TEXT, \
+         hash TEXT) ORDER BY e.seq",
+    )
+    .bind(expected)
+    .bind(last.seq)
+    .bind(json)
+    .bind(expected_hash)
+    .execute(e)
+    .await?
+    .rows_affected();
+    Ok(u64::try_from(events.len()).is_ok_and(|n| n == done))
+}
+
 /// The head: newest sequence number and hash.
 pub async fn head<'e, E>(e: E) -> Result<(i64, Vec<u8>), sqlx::Error>
 where

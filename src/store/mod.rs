@@ -108,9 +108,12 @@ impl Db {
                         })
                     })
             }
-            Backend::Postgres => AnyPoolOptions::new().max_connections(16),
+            Backend::Postgres => AnyPoolOptions::new().max_connections(8),
         }
         .acquire_timeout(Duration::from_secs(15))
+        // No round trip before every statement to check the connection: a broken one
+        // fails its statement and is dropped by the pool.
+        .test_before_acquire(false)
         .connect_with(options)
         .await
         .map_err(OpenError::Connect)?;
