@@ -9,18 +9,20 @@
 //! the agent, user, tools, providers and expiry beside it. Opaque rather than signed, so
 //! that revocation (sign out everywhere, an admin revoking the user, the agent being
 //! removed) is one `DELETE` and takes effect at once on every instance, and there is no
-//! signing key to manage; the cost is one indexed read per agent request.
+//! signing key to manage; the cost is one indexed read per agent request, shared by the
+//! requests waiting at the same moment (see `Lookups`).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
 use zeroize::Zeroizing;
 
 use crate::audit::{self, Actor, Event, Kind};
 use crate::clock::Clock;
 use crate::crypto::{CryptoError, constant_time_eq, random_text, sha256};
 use crate::secret::{AgentSecret, DelegationToken};
-use crate::store::agents::{self as rows, AgentRow, DelegationRow};
+use crate::store::agents::{self as rows, AgentRow, DelegationRow, RequestKey, RequestRows};
 use crate::store::{Conn, Db};
 
 /// Default and longest delegation lifetimes, in seconds.
@@ -42,6 +44,8 @@ pub enum AgentError {
     Database(#[from] sqlx::Error),
     #[error("{0}")]
     Crypto(#[from] CryptoError),
+    #[error("agent request lookup: {0}")]
+    Lookup(String),
 }
 
 /// Why a delegation token was not accepted.
@@ -114,15 +118,89 @@ pub fn secret_text(secret: &AgentSecret) -> Zeroizing<String> {
     Zeroizing::new(secret.reveal().to_owned())
 }
 
+/// Lookups running at once; each reads every request waiting when it starts.
+const READERS: usize = 2;
+
+struct Lookup {
+    key: RequestKey,
+    done: oneshot::Sender<Result<Option<RequestRows>, String>>,
+}
+
+/// Reads agent-request rows for many requests with one statement: a request waits for a
+/// reader, and a reader takes every request waiting when it starts. A read always starts
+/// after the request arrived, so a revocation committed before it is always seen.
+struct Lookups {
+    queue: mpsc::Sender<Lookup>,
+}
+
+impl Lookups {
+    fn start(db: &Db) -> Lookups {
+        let (queue, rx) = mpsc::channel(64 * rows::MAX_KEYS);
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        for _ in 0..READERS {
+            tokio::spawn(read(db.clone(), Arc::clone(&rx)));
+        }
+        Lookups { queue }
+    }
+
+    async fn get(&self, key: RequestKey) -> Result<Option<RequestRows>, AgentError> {
+        let stopped = || AgentError::Lookup("the reader has stopped".into());
+        let (done, answer) = oneshot::channel();
+        self.queue
+            .send(Lookup { key, done })
+            .await
+            .map_err(|_| stopped())?;
+        answer
+            .await
+            .map_err(|_| stopped())?
+            .map_err(AgentError::Lookup)
+    }
+}
+
+async fn read(db: Db, rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Lookup>>>) {
+    let mut batch = Vec::with_capacity(rows::MAX_KEYS);
+    loop {
+        if rx.lock().await.recv_many(&mut batch, rows::MAX_KEYS).await == 0 {
+            return;
+        }
+        let mut keys: Vec<RequestKey> = batch.iter().map(|l| l.key.clone()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let found = rows::request_rows_many(db.pool(), &keys)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "agent request lookup failed");
+                "database error".to_owned()
+            });
+        for l in batch.drain(..) {
+            let answer = match &found {
+                Ok(found) => Ok(found
+                    .iter()
+                    .find(|(k, _)| *k == l.key)
+                    .map(|(_, r)| r.clone())),
+                Err(e) => Err(e.clone()),
+            };
+            // The request may have gone away.
+            let _ = l.done.send(answer);
+        }
+    }
+}
+
 /// The agent registry and delegations.
 pub struct Agents {
     db: Db,
     clock: Arc<dyn Clock>,
+    /// Started on first use (commands that never check a request start none).
+    lookups: OnceLock<Lookups>,
 }
 
 impl Agents {
     pub fn new(db: Db, clock: Arc<dyn Clock>) -> Agents {
-        Agents { db, clock }
+        Agents {
+            db,
+            clock,
+            lookups: OnceLock::new(),
+        }
     }
 
     /// Registers `name`; returns the agent and its secret, which is not stored anywhere.
@@ -174,8 +252,9 @@ impl Agents {
         Ok(())
     }
 
-    /// Checks an agent request in one database read: the bearer secret, the delegation
-    /// token, and (for the route's provider) the delegating user's connection.
+    /// Checks an agent request with one database read (shared with the requests waiting
+    /// beside it): the bearer secret, the delegation token, and (for the route's provider)
+    /// the delegating user's connection.
     pub async fn resolve(
         &self,
         bearer: &str,
@@ -186,7 +265,17 @@ impl Agents {
             return Ok(Resolution::Unauthenticated);
         };
         let hash = sha256(&[token.as_bytes()]);
-        let Some(rows) = rows::request_rows(self.db.pool(), id, &hash, provider).await? else {
+        // Requests are read together, so no request may carry a value that fails the
+        // statement for all of them: text with NUL cannot be bound on PostgreSQL, and no
+        // configured provider has one, so such a route matches no connection.
+        let provider = if provider.contains('\0') {
+            ""
+        } else {
+            provider
+        };
+        let key = (id.to_owned(), hash.to_vec(), provider.to_owned());
+        let lookups = self.lookups.get_or_init(|| Lookups::start(&self.db));
+        let Some(rows) = lookups.get(key).await? else {
             return Ok(Resolution::Unauthenticated);
         };
         let presented = sha256(&[bearer.as_bytes()]);
@@ -274,7 +363,118 @@ impl Agents {
 
 #[cfg(test)]
 mod tests {
-    use super::valid_name;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::both_backends;
+    use crate::secret::AccessToken;
+    use crate::vault::{Scopes, TokenSet, VaultSettings};
+
+    /// What a test expects of one resolved request.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Seen {
+        Unauthenticated,
+        Refused(String, DelegationRefused),
+        /// Agent, user, and the connection's (user, provider) if one came with it.
+        Accepted(String, String, Option<(String, String)>),
+    }
+
+    fn seen(r: Resolution) -> Seen {
+        match r {
+            Resolution::Unauthenticated => Seen::Unauthenticated,
+            Resolution::Refused(a, why) => Seen::Refused(a.name, why),
+            Resolution::Accepted {
+                agent,
+                delegation,
+                connection,
+            } => Seen::Accepted(
+                agent.name,
+                delegation.user_id,
+                connection.map(|c| (c.user_id, c.provider)),
+            ),
+        }
+    }
+
+    both_backends! {
+        async fn requests_read_together_each_get_their_own_rows(t: TestDb) {
+            let (vault, clock) = crate::testkit::vault(&t.db, VaultSettings::default());
+            vault.init(Actor::Cli).await.unwrap();
+            let clock: Arc<dyn Clock> = Arc::new(clock);
+            let agents = Arc::new(Agents::new(t.db.clone(), Arc::clone(&clock)));
+            let (a, a_secret) = agents.add("a", Actor::Cli).await.unwrap();
+            let (b, b_secret) = agents.add("b", Actor::Cli).await.unwrap();
+            // Users u0..u5; each has a connection to p0, the even ones to p1 as well.
+            // u0..u3 delegate to a, u4 and u5 to b; u3's delegation has expired.
+            let mut tokens = Vec::new();
+            for i in 0..6 {
+                let user = format!("u{i}");
+                let mut tx = t.db.begin().await.unwrap();
+                crate::store::users::insert(&mut tx, &user, 0).await.unwrap();
+                let providers: &[&str] = if i % 2 == 0 { &["p0", "p1"] } else { &["p0"] };
+                for p in providers {
+                    let set = TokenSet {
+                        access_token: AccessToken::new(format!("at-{user}-{p}")),
+                        refresh_token: None,
+                        id_token: None,
+                        token_type: "Bearer".into(),
+                        expires_at: None,
+                        scopes: vec![],
+                    };
+                    let event = Event::new(Kind::CredentialStored, Actor::Cli, format!("user:{user}"));
+                    vault.store(&mut tx, event, &user, p, &set, Scopes::Replace).await.unwrap();
+                }
+                let agent = if i < 4 { &a } else { &b };
+                let ttl = if i == 3 { -1 } else { 600 };
+                let grant = Grant { agent: agent.name.clone(), tools: vec![], providers: vec!["p0".into()], ttl };
+                let (token, _) = agents.delegate(&mut tx, &user, agent, &grant).await.unwrap();
+                tx.commit().await.unwrap();
+                tokens.push(token.reveal().to_owned());
+            }
+            let a_secret = a_secret.reveal().to_owned();
+            let b_secret = b_secret.reveal().to_owned();
+            let wrong = format!("{}x", &a_secret[..a_secret.len() - 1]);
+            let unknown = format!("sbx_agent_{}_zzz", "0".repeat(32));
+            let accepted = |agent: &str, user: &str, conn: Option<&str>| {
+                Seen::Accepted(agent.into(), user.into(), conn.map(|p| (user.to_owned(), p.to_owned())))
+            };
+            let cases: Vec<(String, String, &str, Seen)> = vec![
+                (a_secret.clone(), tokens[0].clone(), "p0", accepted("a", "u0", Some("p0"))),
+                (a_secret.clone(), tokens[0].clone(), "p1", accepted("a", "u0", Some("p1"))),
+                (a_secret.clone(), tokens[1].clone(), "p1", accepted("a", "u1", None)),
+                (a_secret.clone(), tokens[2].clone(), "p0", accepted("a", "u2", Some("p0"))),
+                (a_secret.clone(), tokens[3].clone(), "p0", Seen::Refused("a".into(), DelegationRefused::Expired)),
+                (a_secret.clone(), tokens[4].clone(), "p0", Seen::Refused("a".into(), DelegationRefused::OtherAgent)),
+                (b_secret.clone(), tokens[4].clone(), "p1", accepted("b", "u4", Some("p1"))),
+                (b_secret.clone(), tokens[5].clone(), "p0", accepted("b", "u5", Some("p0"))),
+                (b_secret.clone(), "sbx_dlg_nope".into(), "p0", Seen::Refused("b".into(), DelegationRefused::Invalid)),
+                (b_secret.clone(), String::new(), "p0", Seen::Refused("b".into(), DelegationRefused::Invalid)),
+                (wrong, tokens[0].clone(), "p0", Seen::Unauthenticated),
+                (unknown, tokens[0].clone(), "p0", Seen::Unauthenticated),
+                ("not-a-secret".into(), tokens[0].clone(), "p0", Seen::Unauthenticated),
+                // A provider the database cannot hold does not fail the requests read with it.
+                (a_secret.clone(), tokens[0].clone(), "p0\0x", accepted("a", "u0", None)),
+            ];
+            // Every case eight times at once, so reads carry many different requests (and
+            // repeats of one).
+            let mut tasks = Vec::new();
+            for (i, (secret, token, provider, _)) in cases.iter().enumerate().cycle().take(cases.len() * 8) {
+                let (agents, secret, token, provider) =
+                    (Arc::clone(&agents), secret.clone(), token.clone(), provider.to_string());
+                tasks.push((i, tokio::spawn(async move {
+                    seen(agents.resolve(&secret, &token, &provider).await.unwrap())
+                })));
+            }
+            for (i, task) in tasks {
+                assert_eq!(task.await.unwrap(), cases[i].3, "case {i}");
+            }
+            // A revocation committed before a request is seen by it.
+            let mut tx = t.db.begin().await.unwrap();
+            agents.revoke_all(&mut tx, "u0").await.unwrap();
+            tx.commit().await.unwrap();
+            let r = agents.resolve(&a_secret, &tokens[0], "p0").await.unwrap();
+            assert_eq!(seen(r), Seen::Refused("a".into(), DelegationRefused::Invalid));
+        }
+    }
 
     #[test]
     fn agent_names() {

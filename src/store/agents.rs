@@ -1,5 +1,7 @@
 //! The `agent` and `delegation` tables.
 
+use std::sync::OnceLock;
+
 use sqlx::Row;
 
 use super::Conn;
@@ -129,9 +131,10 @@ where
         .rows_affected())
 }
 
-/// Everything an agent request needs, read with one statement: the agent (with its
-/// secret digest), the delegation behind `token_hash` if any, and that delegation's
-/// user's connection to `provider` if any.
+/// Everything an agent request needs: the agent (with its secret digest), the delegation
+/// behind the presented token's digest if any, and that delegation's user's connection to
+/// the route's provider if any.
+#[derive(Clone)]
 pub struct RequestRows {
     pub agent: AgentRow,
     pub secret_hash: Vec<u8>,
@@ -139,53 +142,96 @@ pub struct RequestRows {
     pub connection: Option<super::connection::ConnectionRow>,
 }
 
-pub async fn request_rows<'e, E>(
+/// What one agent request looks up: agent id, delegation token digest, provider.
+pub type RequestKey = (String, Vec<u8>, String);
+
+/// The most keys [`request_rows_many`] reads with one statement.
+pub const MAX_KEYS: usize = 64;
+
+/// The statement for `width` keys (a power of two up to [`MAX_KEYS`]), built once; `None`
+/// for any other width.
+fn request_sql(width: usize) -> Option<&'static str> {
+    static SQL: [OnceLock<String>; 7] = [const { OnceLock::new() }; 7];
+    let build = || {
+        let values: Vec<String> = (0..width)
+            .map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
+            .collect();
+        // VALUES columns are named column1.. by both PostgreSQL and SQLite.
+        format!(
+            "SELECT k.column1 AS k_id, k.column2 AS k_hash, k.column3 AS k_provider, \
+             a.id, a.name, a.created_at, a.secret_hash, d.handle AS d_handle, \
+             d.agent_id AS d_agent_id, d.user_id AS d_user_id, d.tools AS d_tools, \
+             d.providers AS d_providers, d.created_at AS d_created_at, \
+             d.expires_at AS d_expires_at, {} FROM (VALUES {}) AS k \
+             JOIN agent a ON a.id = k.column1 \
+             LEFT JOIN delegation d ON d.token_hash = k.column2 \
+             LEFT JOIN connection c ON c.user_id = d.user_id AND c.provider = k.column3",
+            super::connection::columns_as("c"),
+            values.join(",")
+        )
+    };
+    let cell = SQL.get(usize::try_from(width.trailing_zeros()).ok()?)?;
+    width
+        .is_power_of_two()
+        .then(|| cell.get_or_init(build).as_str())
+}
+
+/// Reads the rows of up to [`MAX_KEYS`] agent requests with one statement. Keys whose
+/// agent does not exist are absent from the answer. The key list is padded to a power of
+/// two (repeating the last key), so a handful of statement texts cover every size.
+pub async fn request_rows_many<'e, E>(
     e: E,
-    agent_id: &str,
-    token_hash: &[u8],
-    provider: &str,
-) -> Result<Option<RequestRows>, sqlx::Error>
+    keys: &[RequestKey],
+) -> Result<Vec<(RequestKey, RequestRows)>, sqlx::Error>
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
-    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let sql = SQL.get_or_init(|| {
-        format!(
-            "SELECT a.id, a.name, a.created_at, a.secret_hash, d.handle AS d_handle, \
-         d.agent_id AS d_agent_id, d.user_id AS d_user_id, d.tools AS d_tools, \
-         d.providers AS d_providers, d.created_at AS d_created_at, d.expires_at AS d_expires_at, \
-         {} FROM agent a \
-         LEFT JOIN delegation d ON d.token_hash = $2 \
-         LEFT JOIN connection c ON c.user_id = d.user_id AND c.provider = $3 \
-         WHERE a.id = $1",
-            super::connection::columns_as("c")
-        )
-    });
-    let Some(r) = sqlx::query(sql)
-        .bind(agent_id)
-        .bind(token_hash)
-        .bind(provider)
-        .fetch_optional(e)
-        .await?
-    else {
-        return Ok(None);
+    let Some(last) = keys.last() else {
+        return Ok(Vec::new());
     };
-    let delegation = match r.try_get::<Option<String>, _>("d_handle")? {
-        Some(handle) => Some(DelegationRow {
-            handle,
-            agent_id: r.try_get("d_agent_id")?,
-            user_id: r.try_get("d_user_id")?,
-            tools: r.try_get("d_tools")?,
-            providers: r.try_get("d_providers")?,
-            created_at: r.try_get("d_created_at")?,
-            expires_at: r.try_get("d_expires_at")?,
-        }),
-        None => None,
-    };
-    Ok(Some(RequestRows {
-        agent: agent_row(&r)?,
-        secret_hash: r.try_get("secret_hash")?,
-        delegation,
-        connection: super::connection::from_row_as(&r, "c")?,
-    }))
+    let width = keys.len().next_power_of_two();
+    let sql = request_sql(width).ok_or_else(|| {
+        sqlx::Error::Protocol(format!(
+            "{} agent requests in one read, at most {MAX_KEYS}",
+            keys.len()
+        ))
+    })?;
+    let mut q = sqlx::query(sql);
+    for (id, hash, provider) in keys.iter().chain(std::iter::repeat(last)).take(width) {
+        q = q
+            .bind(id.as_str())
+            .bind(hash.as_slice())
+            .bind(provider.as_str());
+    }
+    let mut out: Vec<(RequestKey, RequestRows)> = Vec::with_capacity(keys.len());
+    for r in q.fetch_all(e).await? {
+        let key: RequestKey = (
+            r.try_get("k_id")?,
+            r.try_get("k_hash")?,
+            r.try_get("k_provider")?,
+        );
+        if out.iter().any(|(k, _)| *k == key) {
+            continue; // a padding repeat
+        }
+        let delegation = match r.try_get::<Option<String>, _>("d_handle")? {
+            Some(handle) => Some(DelegationRow {
+                handle,
+                agent_id: r.try_get("d_agent_id")?,
+                user_id: r.try_get("d_user_id")?,
+                tools: r.try_get("d_tools")?,
+                providers: r.try_get("d_providers")?,
+                created_at: r.try_get("d_created_at")?,
+                expires_at: r.try_get("d_expires_at")?,
+            }),
+            None => None,
+        };
+        let rows = RequestRows {
+            agent: agent_row(&r)?,
+            secret_hash: r.try_get("secret_hash")?,
+            delegation,
+            connection: super::connection::from_row_as(&r, "c")?,
+        };
+        out.push((key, rows));
+    }
+    Ok(out)
 }
