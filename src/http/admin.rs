@@ -13,11 +13,11 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::browser::{SignedIn, require_csrf};
-use crate::audit::{self, Actor, Event, Kind};
+use crate::audit::{self, Actor, Event, Kind, Outcome};
 use crate::clock::rfc3339;
 use crate::error::Error;
 use crate::store::audit::Filter;
-use crate::store::{connection as conns, identities};
+use crate::store::identities;
 
 /// A signed-in user with the admin role.
 pub struct AdminUser(pub SignedIn);
@@ -151,7 +151,7 @@ pub async fn audit_events(
                 "outcome": r.outcome,
                 "request_id": r.request_id,
                 "detail": serde_json::from_str::<Value>(&r.detail).unwrap_or(Value::Null),
-                "hash": r.hash.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+                "hash": crate::crypto::hex(&r.hash),
             })
         })
         .collect();
@@ -159,7 +159,10 @@ pub async fn audit_events(
 }
 
 /// `POST /admin/users/{id}/revoke` — ends every session, delegation and connection of
-/// the user, in one transaction with its audit event.
+/// the user. Access ends first, in one transaction with the `user.revoked` event, so no
+/// agent can use a connection while the providers are asked to revoke; then each
+/// connection is revoked at its provider where offered and erased (each a `disconnect`
+/// event by the admin); one a provider could not revoke is erased all the same.
 pub async fn revoke_user(
     State(app): State<AppState>,
     AdminUser(me): AdminUser,
@@ -167,33 +170,45 @@ pub async fn revoke_user(
     Path(user_id): Path<String>,
 ) -> Result<Json<Value>, Error> {
     require_csrf(&app, &headers, &me.token, None)?;
-    // First revoke at the providers where they offer it (each disconnect is audited);
-    // whatever is left is erased below regardless.
-    let mut revoked = 0u64;
-    for c in app.vault.list(&user_id).await? {
-        match app.oauth.disconnect(&user_id, c.id()).await {
-            Ok(crate::oauth::Disconnected::Erased { revoked: true }) => revoked += 1,
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(connection = c.id(), error = %e, "revocation during user revoke failed")
-            }
-        }
-    }
+    let admin = Actor::Admin(me.user_id.clone());
     let mut tx = app.db.begin().await?;
     let sessions = app.sessions.end_all(&mut tx, &user_id).await?;
     let delegations = app.agents.revoke_all(&mut tx, &user_id).await?;
-    let connections = conns::delete_for_user(&mut tx, &user_id).await?;
-    let event = Event::new(
-        Kind::UserRevoked,
-        Actor::Admin(me.user_id.clone()),
-        format!("user:{user_id}"),
-    )
-    .detail(json!({
-        "sessions": sessions, "delegations": delegations, "connections": connections,
-        "revoked_at_provider": revoked,
-    }));
+    let event = Event::new(Kind::UserRevoked, admin.clone(), format!("user:{user_id}"))
+        .detail(json!({ "sessions": sessions, "delegations": delegations }));
     audit::append(&mut tx, app.clock.unix_ms(), event).await?;
     tx.commit().await?;
+
+    let (mut connections, mut revoked) = (0u64, 0u64);
+    for c in app.vault.list(&user_id).await? {
+        match app.oauth.disconnect(admin.clone(), &user_id, c.id()).await {
+            Ok(crate::oauth::Disconnected::PendingRetry) => {}
+            Ok(crate::oauth::Disconnected::Erased { revoked: true }) => {
+                connections += 1;
+                revoked += 1;
+            }
+            Ok(_) => connections += 1,
+            Err(e) => {
+                tracing::warn!(connection = c.id(), error = %e, "revocation during user revoke failed");
+            }
+        }
+    }
+    // What is left (the provider unavailable, or an error) is erased without revocation.
+    for c in app.vault.list(&user_id).await? {
+        let mut tx = app.db.begin().await?;
+        if app.vault.delete(&mut tx, &admin, c.id()).await? {
+            let event = Event::new(
+                Kind::Disconnect,
+                admin.clone(),
+                format!("connection:{}", c.id()),
+            )
+            .outcome(Outcome::Failure)
+            .detail(json!({ "revoked": false, "provider": c.provider(), "by": "user revoke" }));
+            audit::append(&mut tx, app.clock.unix_ms(), event).await?;
+            connections += 1;
+        }
+        tx.commit().await?;
+    }
     Ok(Json(json!({
         "sessions": sessions, "delegations": delegations,
         "connections": connections, "revoked_at_provider": revoked,

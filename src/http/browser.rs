@@ -349,7 +349,10 @@ pub async fn disconnect(
     Path(id): Path<String>,
 ) -> Result<Response, Error> {
     require_csrf(&app, &headers, &me.token, None)?;
-    match app.oauth.disconnect(&me.user_id, &id).await? {
+    match app
+        .oauth
+        .disconnect(Actor::User(me.user_id.clone()), &me.user_id, &id)
+        .await? {
         Disconnected::Erased { revoked } => Ok(Json(json!({ "erased": true, "revoked": revoked })).into_response()),
         Disconnected::ErasedRevocationFailed(why) => {
             Ok(Json(json!({ "erased": true, "revoked": false, "detail": format!("revocation failed: {why}") })).into_response())

@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use super::AppState;
 use super::browser::{BrowserSession, SignedIn, require_csrf};
+use crate::audit::Actor;
 use crate::clock::rfc3339;
 use crate::error::Error;
 use crate::oauth::Disconnected;
@@ -166,7 +167,11 @@ pub async fn disconnect_form(
     Form(f): Form<CsrfField>,
 ) -> Result<Response, Error> {
     require_csrf(&app, &headers, &me.token, Some(&f.csrf_token))?;
-    match app.oauth.disconnect(&me.user_id, &id).await? {
+    match app
+        .oauth
+        .disconnect(Actor::User(me.user_id.clone()), &me.user_id, &id)
+        .await?
+    {
         Disconnected::PendingRetry => Err(Error::ProviderUnavailable),
         Disconnected::Erased { .. } | Disconnected::ErasedRevocationFailed(_) => Ok(back_home()),
     }

@@ -8,10 +8,16 @@ use crate::audit::{self, Actor, Event, Kind as AuditKind};
 use crate::executor::{Revocation, Revoked};
 
 impl OAuth {
-    /// Disconnects one of `user_id`'s connections: revokes at the provider when it offers
-    /// RFC 7009 revocation, then erases the record. A provider answering 503 keeps the
-    /// record, marked for retry; any other revocation failure still erases it.
-    pub async fn disconnect(&self, user_id: &str, id: &str) -> Result<Disconnected, OAuthError> {
+    /// Disconnects one of `user_id`'s connections for `actor` (the user, or an admin):
+    /// revokes at the provider when it offers RFC 7009 revocation, then erases the record.
+    /// A provider answering 503 keeps the record, marked for retry; any other revocation
+    /// failure still erases it.
+    pub async fn disconnect(
+        &self,
+        actor: Actor,
+        user_id: &str,
+        id: &str,
+    ) -> Result<Disconnected, OAuthError> {
         let sealed = self
             .vault
             .load_by_id(id)
@@ -32,7 +38,6 @@ impl OAuth {
                 }
                 None => None,
             };
-        let actor = Actor::User(user_id.to_owned());
         let mut tx = self.db.begin().await?;
         let result = match outcome {
             Some(Revoked::Unavailable) => {

@@ -413,15 +413,6 @@ where
     .await
 }
 
-/// Deletes every connection of a user; returns their ids and providers.
-pub async fn delete_for_user(conn: &mut Conn, user_id: &str) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query("DELETE FROM connection WHERE user_id = $1")
-        .bind(user_id)
-        .execute(conn)
-        .await?
-        .rows_affected())
-}
-
 /// Records a use of several credentials at `now` with one statement.
 pub async fn touch_many(conn: &mut Conn, ids: &[&str], now: i64) -> Result<(), sqlx::Error> {
     for chunk in ids.chunks(500) {

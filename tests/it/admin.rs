@@ -188,6 +188,7 @@ async fn admin_routes_flow(site: Site) {
         .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     assert_eq!(r.body["sessions"], 1);
+    assert_eq!(r.body["connections"], 1, "{:?}", r.body);
     assert_eq!(
         b.send("GET", "/api/me", Some(&bob), &[]).await.status,
         StatusCode::UNAUTHORIZED
@@ -201,6 +202,17 @@ async fn admin_routes_flow(site: Site) {
         )
         .await;
     assert_eq!(r.body["events"].as_array().unwrap().len(), 1);
+    // The admin, not bob, is who disconnected bob's connection.
+    let alice_id = me(alice.clone()).await["user"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = b
+        .send("GET", "/admin/audit?kind=disconnect", Some(&alice), &[])
+        .await;
+    let events = r.body["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["actor"], format!("admin:{alice_id}"));
     assert!(site.vault().await.list(&bob_id).await.unwrap().is_empty());
     assert!(site.ok(&["audit", "verify"]).contains("intact"));
 }
