@@ -120,9 +120,22 @@ impl Key32 {
         tag.as_ref()
             .iter()
             .take(8)
-            .map(|b| format!("{b:02x}"))
-            .collect()
+            .fold(String::with_capacity(16), push_hex)
     }
+}
+
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), push_hex)
+}
+
+fn push_hex(mut s: String, b: &u8) -> String {
+    for nibble in [b >> 4, b & 0x0f] {
+        s.push(char::from_digit(u32::from(nibble), 16).unwrap_or('0'));
+    }
+    s
 }
 
 impl fmt::Debug for Key32 {
@@ -328,6 +341,12 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_is_lowercase_two_digits_a_byte() {
+        assert_eq!(hex(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");
+        assert_eq!(hex(&[]), "");
+    }
 
     #[test]
     fn round_trip_both_ciphers() -> Result<(), CryptoError> {
