@@ -23,6 +23,10 @@ use crate::vault::{SealedCredential, Vault};
 
 /// An access token this close to expiry (seconds) is refreshed before use.
 pub const REFRESH_MARGIN: i64 = 60;
+/// The connection's last-use time is kept to within this many seconds (every use is in
+/// the audit trail to the millisecond), so a busy connection's row is not rewritten on
+/// every use.
+pub const LAST_USE_STEP: i64 = 10;
 /// Largest provider response a tool run reads.
 pub const MAX_TOOL_RESPONSE: usize = 1 << 20;
 /// Response headers a tool run passes back.
@@ -171,11 +175,17 @@ impl Broker {
         Ok(())
     }
 
-    /// Records a use durably (group commit): the audit event and the connection's last
-    /// use. Returns only once committed.
+    /// Records a use durably (group commit): the audit event and, when the stored one is
+    /// [`LAST_USE_STEP`] old or more, the connection's last-use time. Returns only once
+    /// committed.
     async fn record_use(&self, sealed: &SealedCredential, event: Event) -> Result<(), Error> {
+        let now = self.clock.unix();
+        let touch = sealed
+            .last_used_at()
+            .is_none_or(|t| now - t >= LAST_USE_STEP)
+            .then(|| sealed.id().to_owned());
         self.journal
-            .record(event, Some(sealed.id().to_owned()))
+            .record(event, touch)
             .await
             .map_err(|e| Error::NotRecorded(e.to_string()))?;
         Ok(())

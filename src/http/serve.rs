@@ -29,6 +29,10 @@ pub async fn run(config: Config) -> Result<ExitCode, CliError> {
         .await
         .map_err(|e| CliError(format!("cannot listen on {}: {e}", config.listen)))?;
     let addr = listener.local_addr()?;
+    // Answers go out when written, not held back waiting for the previous one's ACK.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let state = AppState::build(config, db.clone(), Arc::new(vault), clock)?;
     tokio::spawn(housekeeping(state.clone()));

@@ -606,6 +606,15 @@ async fn agents_end_to_end(site: Site) {
     assert!(idp.0.lock().unwrap().issued.contains(&first));
     assert_eq!(r.json["scopes"], json!(["email"]));
     assert_eq!(r.headers[header::CACHE_CONTROL], "no-store");
+    // The use is the connection's last use.
+    let b = crate::oauth::Browser { app: app.clone() };
+    let listed = b.send("GET", "/api/connections", Some(&cookie), &[]).await;
+    assert_eq!(
+        listed.body["connections"][0]["last_used_at"],
+        strongbox::clock::rfc3339(clock.unix()),
+        "{}",
+        listed.body
+    );
     let r = call(
         &app,
         "POST",
