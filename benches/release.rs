@@ -4,10 +4,12 @@
 //! at the end: one `credential.released` event per 200). SQLite, and PostgreSQL when
 //! `DATABASE_URL` is set.
 //!
-//! Two runs per backend: closed loop (each connection sends its next request when the
-//! answer arrives) for the throughput, then open loop at half that rate (requests on a
-//! fixed schedule; latency counted from the scheduled time, so a stall is not hidden).
-//! Targets on the 2-core machine: ≥ 5,000 req/s on PostgreSQL, p99 ≤ 5 ms at half rate.
+//! Three runs per backend: closed loop (each connection sends its next request when the
+//! answer arrives) for the throughput, then open loop at half the measured rate and at
+//! half the 5,000 req/s target (requests on a fixed schedule; when an answer arrives after
+//! the next request's scheduled time, that request's latency counts from its scheduled
+//! time, so a stall is not hidden).
+//! Targets on the 2-core machine: ≥ 5,000 req/s on PostgreSQL, p99 ≤ 5 ms at half that.
 //! Run: `cargo bench --bench release` (`RELEASE_SECONDS`, default 10).
 
 #![allow(
@@ -34,6 +36,8 @@ use strongbox::vault::{RootKey, RootKeySource, Scopes, TokenSet, Vault, VaultSet
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 const CONNECTIONS: usize = 32;
+/// The throughput target on PostgreSQL; latency is also measured at half of it.
+const TARGET_RATE: f64 = 5_000.0;
 
 const POLICY: &str = r#"permit(principal == Agent::"bench", action == Action::"fetch_credential", resource == Provider::"acme");"#;
 
@@ -116,20 +120,30 @@ fn load(addr: std::net::SocketAddr, request: Arc<Vec<u8>>, seconds: u64, rate: O
                                 i.mul_f64(c as f64 / CONNECTIONS as f64)
                             });
                         tokio::time::sleep_until(start.into()).await;
+                        let mut busy_until = start;
                         loop {
                             if let Some(i) = interval {
                                 tokio::time::sleep_until(next.into()).await;
                                 if next >= end {
                                     break;
                                 }
-                                let t = next;
+                                // Counted from the scheduled time when the connection was
+                                // still busy with the previous answer then (queueing is the
+                                // server's), else from the send (the runtime's timer wakes
+                                // up to a millisecond late; that is not the server's).
+                                let t = if busy_until > next {
+                                    next
+                                } else {
+                                    Instant::now()
+                                };
                                 next += i;
                                 if once(&mut w, &mut r, &request, &mut line, &mut body).await {
                                     ok += 1;
                                 } else {
                                     failed += 1;
                                 }
-                                lat.push(t.elapsed());
+                                busy_until = Instant::now();
+                                lat.push(busy_until - t);
                             } else {
                                 let t = Instant::now();
                                 if t >= end {
@@ -229,6 +243,10 @@ async fn bench(name: &str, url: &str, seconds: u64) {
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    // As `strongbox serve` does.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = tokio::spawn(async move {
         axum::serve(
             listener,
@@ -267,14 +285,19 @@ async fn bench(name: &str, url: &str, seconds: u64) {
     let (p50, p99) = (closed.pct(0.50), closed.pct(0.99));
     let mut half = load(addr, Arc::clone(&request), seconds, Some(full / 2.0));
     let (h50, h99) = (half.pct(0.50), half.pct(0.99));
+    let mut target = load(addr, Arc::clone(&request), seconds, Some(TARGET_RATE / 2.0));
+    let (t50, t99) = (target.pct(0.50), target.pct(0.99));
     let after = count(url.to_owned()).await;
-    let released = closed.ok + half.ok;
+    let released = closed.ok + half.ok + target.ok;
     println!(
-        "{name}: closed loop {full:.0} req/s, p50 {p50:?}, p99 {p99:?} ({} failed) | at {:.0} req/s: {:.0} req/s done, p50 {h50:?}, p99 {h99:?} ({} failed) | audited {} of {released} releases",
+        "{name}: closed loop {full:.0} req/s, p50 {p50:?}, p99 {p99:?} ({} failed) | at {:.0} req/s: {:.0} req/s done, p50 {h50:?}, p99 {h99:?} ({} failed) | at {:.0} req/s: {:.0} req/s done, p50 {t50:?}, p99 {t99:?} ({} failed) | audited {} of {released} releases",
         closed.failed,
         full / 2.0,
         half.rate(),
         half.failed,
+        TARGET_RATE / 2.0,
+        target.rate(),
+        target.failed,
         after - before,
     );
     assert_eq!(
