@@ -332,7 +332,10 @@ async fn pages_in_headless_chromium() {
     assert_eq!(provider.lock().unwrap().revoked.len(), before + 1);
 
     // Sign out: back to the sign-in page, and the old session is gone.
+    // The form post's navigation may still be under way when the click returns: wait for
+    // its answer before loading the page again, or the load could cancel the post.
     d.click("form[action=\"/logout\"] button").await;
+    d.wait_for("Sign in to manage the accounts").await;
     d.go(&format!("{base}/")).await;
     assert_eq!(d.title().await, "Sign in · Strongbox");
 
