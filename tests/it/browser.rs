@@ -293,6 +293,7 @@ async fn pages_in_headless_chromium() {
 
     // Sign in: the provider approves at once and redirects back to the callback.
     d.click("a[href=\"/login/acme\"]").await;
+    d.wait_for("<h1>Your account</h1>").await;
     assert_eq!(d.title().await, "Your account · Strongbox");
     assert_eq!(d.current_url().await, format!("{base}/"));
     let page = d.source().await;
