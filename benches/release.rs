@@ -1,8 +1,8 @@
 //! Load benchmark of `POST /v1/credentials/{provider}` with a warm, unexpired token: 32
-//! keep-alive connections from a load generator in this process (its own thread and
-//! runtime) against the real server on loopback, every release durably audited (checked
-//! at the end: one `credential.released` event per 200). SQLite, and PostgreSQL when
-//! `DATABASE_URL` is set.
+//! keep-alive connections from a load generator (this binary again, in a process and
+//! session of its own, one thread) against the real server on loopback, every release
+//! durably audited (checked at the end: one `credential.released` event per 200). SQLite,
+//! and PostgreSQL when `DATABASE_URL` is set.
 //!
 //! Three runs per backend: closed loop (each connection sends its next request when the
 //! answer arrives) for the throughput, then open loop at half the measured rate and at
@@ -10,7 +10,10 @@
 //! the next request's scheduled time, that request's latency counts from its scheduled
 //! time, so a stall is not hidden).
 //! Targets on the 2-core machine: ≥ 5,000 req/s on PostgreSQL, p99 ≤ 5 ms at half that.
-//! Run: `cargo bench --bench release` (`RELEASE_SECONDS`, default 10).
+//! Each line also gives the service's own p50 / p99 (handler entry to response), which
+//! leaves out the generator, the kernel and the wait for a worker thread.
+//! Run: `cargo bench --bench release` (`RELEASE_SECONDS`, default 10; `RELEASE_BACKENDS`,
+//! default `sqlite,postgres`).
 
 #![allow(
     clippy::unwrap_used,
@@ -48,7 +51,24 @@ struct Run {
     latencies: Vec<Duration>,
 }
 
+type Served = Arc<std::sync::Mutex<Vec<Duration>>>;
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
 impl Run {
+    /// The service-side times recorded since the last call, as a run of their own.
+    fn served(served: &Served) -> Self {
+        let latencies = std::mem::take(&mut *served.lock().unwrap());
+        Self {
+            ok: latencies.len(),
+            failed: 0,
+            elapsed: Duration::ZERO,
+            latencies,
+        }
+    }
+
     fn rate(&self) -> f64 {
         self.ok as f64 / self.elapsed.as_secs_f64()
     }
@@ -93,8 +113,63 @@ async fn once(
     ok
 }
 
-/// Drives `addr` for `seconds`; `rate` None is closed loop, Some(r) open loop at r/s.
-fn load(addr: std::net::SocketAddr, request: Arc<Vec<u8>>, seconds: u64, rate: Option<f64>) -> Run {
+/// Drives `addr` for `seconds` from a generator process of its own; `rate` None is closed
+/// loop, Some(r) open loop at r/s.
+///
+/// The generator runs in its own session (`setsid`), so the scheduler weighs it as a group
+/// of its own, as it would a `wrk` started from another terminal, and not as one more
+/// thread of the service's process. It reads the request from its stdin and writes
+/// `ok failed` and then one latency in nanoseconds per line.
+fn load(addr: std::net::SocketAddr, request: &[u8], seconds: u64, rate: Option<f64>) -> Run {
+    use std::io::{BufRead, Write};
+    let rate = rate.map_or_else(|| "closed".to_owned(), |r| r.to_string());
+    let mut child = std::process::Command::new("setsid")
+        .arg(std::env::current_exe().unwrap())
+        .args(["--generate", &addr.to_string(), &seconds.to_string(), &rate])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("setsid (util-linux) runs the generator");
+    child.stdin.take().unwrap().write_all(request).unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let head = lines.next().unwrap().unwrap();
+    let (ok, failed) = head.split_once(' ').unwrap();
+    let latencies = lines
+        .map(|l| Duration::from_nanos(l.unwrap().parse().unwrap()))
+        .collect();
+    assert!(child.wait().unwrap().success(), "the generator failed");
+    Run {
+        ok: ok.parse().unwrap(),
+        failed: failed.parse().unwrap(),
+        elapsed: Duration::from_secs(seconds),
+        latencies,
+    }
+}
+
+/// The generator process: see [`load`].
+fn generator(args: &[String]) {
+    use std::io::{Read, Write};
+    let addr: std::net::SocketAddr = args[0].parse().unwrap();
+    let seconds: u64 = args[1].parse().unwrap();
+    let rate: Option<f64> = (args[2] != "closed").then(|| args[2].parse().unwrap());
+    let mut request = Vec::new();
+    std::io::stdin().read_to_end(&mut request).unwrap();
+    let run = generate(addr, Arc::new(request), seconds, rate);
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    writeln!(out, "{} {}", run.ok, run.failed).unwrap();
+    for l in &run.latencies {
+        writeln!(out, "{}", l.as_nanos()).unwrap();
+    }
+    out.flush().unwrap();
+}
+
+/// 32 keep-alive connections on one thread.
+fn generate(
+    addr: std::net::SocketAddr,
+    request: Arc<Vec<u8>>,
+    seconds: u64,
+    rate: Option<f64>,
+) -> Run {
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -247,25 +322,38 @@ async fn bench(name: &str, url: &str, seconds: u64) {
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
     });
+    // The service's own time per request (handler entry to response), to tell it apart
+    // from the generator's and the kernel's share of what the client sees.
+    let served: Served = Arc::default();
+    let timing = Arc::clone(&served);
+    let app = strongbox::app(state).layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let timing = Arc::clone(&timing);
+            async move {
+                let t = Instant::now();
+                let resp = next.run(req).await;
+                timing.lock().unwrap().push(t.elapsed());
+                resp
+            }
+        },
+    ));
     let server = tokio::spawn(async move {
         axum::serve(
             listener,
-            strongbox::app(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
         )
         .await
         .unwrap();
     });
     let body = "{}";
-    let request = Arc::new(
-        format!(
+    let request =         format!(
             "POST /v1/credentials/acme HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\
              Strongbox-Delegation: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             secret.as_str(),
             token_text(&dlg).as_str(),
             body.len()
         )
-        .into_bytes(),
-    );
+        .into_bytes();
 
     let count = |url: String| async move {
         let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
@@ -278,28 +366,35 @@ async fn bench(name: &str, url: &str, seconds: u64) {
         n
     };
     // Warm up (connections, caches), then measure.
-    let _ = load(addr, Arc::clone(&request), 1, None);
+    let _ = load(addr, &request, 1, None);
+    served.lock().unwrap().clear();
     let before = count(url.to_owned()).await;
-    let mut closed = load(addr, Arc::clone(&request), seconds, None);
+    let mut closed = load(addr, &request, seconds, None);
     let full = closed.rate();
-    let (p50, p99) = (closed.pct(0.50), closed.pct(0.99));
-    let mut half = load(addr, Arc::clone(&request), seconds, Some(full / 2.0));
-    let (h50, h99) = (half.pct(0.50), half.pct(0.99));
-    let mut target = load(addr, Arc::clone(&request), seconds, Some(TARGET_RATE / 2.0));
-    let (t50, t99) = (target.pct(0.50), target.pct(0.99));
+    let closed_served = Run::served(&served);
+    let mut half = load(addr, &request, seconds, Some(full / 2.0));
+    let half_served = Run::served(&served);
+    let mut target = load(addr, &request, seconds, Some(TARGET_RATE / 2.0));
+    let target_served = Run::served(&served);
     let after = count(url.to_owned()).await;
     let released = closed.ok + half.ok + target.ok;
-    println!(
-        "{name}: closed loop {full:.0} req/s, p50 {p50:?}, p99 {p99:?} ({} failed) | at {:.0} req/s: {:.0} req/s done, p50 {h50:?}, p99 {h99:?} ({} failed) | at {:.0} req/s: {:.0} req/s done, p50 {t50:?}, p99 {t99:?} ({} failed) | audited {} of {released} releases",
-        closed.failed,
-        full / 2.0,
-        half.rate(),
-        half.failed,
-        TARGET_RATE / 2.0,
-        target.rate(),
-        target.failed,
-        after - before,
-    );
+    println!("{name}: (p50 / p99 as the client saw them; in brackets, inside the service)");
+    for (what, run, mut inside) in [
+        ("closed loop", &mut closed, closed_served),
+        ("half that rate", &mut half, half_served),
+        ("half the target", &mut target, target_served),
+    ] {
+        println!(
+            "  {what:>15}: {:>6.0} req/s, p50 {:>8.3} ms, p99 {:>8.3} ms [{:.3} / {:.3} ms], {} failed",
+            run.rate(),
+            ms(run.pct(0.50)),
+            ms(run.pct(0.99)),
+            ms(inside.pct(0.50)),
+            ms(inside.pct(0.99)),
+            run.failed,
+        );
+    }
+    println!("  audited {} of {released} releases", after - before);
     assert_eq!(
         (after - before) as usize,
         released,
@@ -309,22 +404,47 @@ async fn bench(name: &str, url: &str, seconds: u64) {
     db.close().await;
 }
 
-#[tokio::main(worker_threads = 2)]
-async fn main() {
-    if std::env::args().any(|a| a == "--list") {
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--list") {
         return;
     }
+    if let Some(i) = args.iter().position(|a| a == "--generate") {
+        generator(&args[i + 1..]);
+        return;
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(service());
+}
+
+/// The service side: both backends in turn.
+async fn service() {
     let seconds: u64 = std::env::var("RELEASE_SECONDS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10);
+    sqlx::any::install_default_drivers();
+    // Writeback of files written before the run (a build's output, say) would compete
+    // with the commits measured here: flushed first.
+    let _ = std::process::Command::new("sync").status();
+    // `RELEASE_BACKENDS=postgres` (or `sqlite`) runs one of the two.
+    let backends = std::env::var("RELEASE_BACKENDS").unwrap_or_else(|_| "sqlite,postgres".into());
     let dir = tempfile::tempdir().unwrap();
-    bench(
-        "sqlite",
-        &format!("sqlite://{}/r.db", dir.path().display()),
-        seconds,
-    )
-    .await;
+    if backends.contains("sqlite") {
+        bench(
+            "sqlite",
+            &format!("sqlite://{}/r.db", dir.path().display()),
+            seconds,
+        )
+        .await;
+    }
+    if !backends.contains("postgres") {
+        return;
+    }
     if let Ok(admin) = std::env::var("DATABASE_URL") {
         let name = format!("sbx_bench_release_{}", std::process::id());
         let mut conn = sqlx::AnyConnection::connect(&admin).await.unwrap();
