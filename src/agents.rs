@@ -11,8 +11,16 @@
 //! removed) is one `DELETE` and takes effect at once on every instance, and there is no
 //! signing key to manage; the cost is one indexed read per agent request, shared by the
 //! requests waiting at the same moment (see `Lookups`).
+//!
+//! A credential release may instead start from the rows an earlier release of the same
+//! agent, delegation and provider read (`Agents::resolve` with `reuse`), because it is
+//! recorded only if those rows still hold when its audit event is written, in the same
+//! statement or transaction (`journal`, `store::agents::Basis`); if they do not, it is
+//! decided again from a fresh read. Either way a revocation committed before the release
+//! is written is seen, and nothing leaves without its event.
 
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
@@ -22,7 +30,7 @@ use crate::audit::{self, Actor, Event, Kind};
 use crate::clock::Clock;
 use crate::crypto::{CryptoError, constant_time_eq, random_text, sha256};
 use crate::secret::{AgentSecret, DelegationToken};
-use crate::store::agents::{self as rows, AgentRow, DelegationRow, RequestKey, RequestRows};
+use crate::store::agents::{self as rows, AgentRow, Basis, DelegationRow, RequestKey, RequestRows};
 use crate::store::{Conn, Db};
 
 /// Default and longest delegation lifetimes, in seconds.
@@ -81,8 +89,50 @@ pub enum Resolution {
         agent: AgentRow,
         delegation: Delegation,
         connection: Option<Box<crate::store::connection::ConnectionRow>>,
+        grounds: Grounds,
     },
 }
+
+/// The agent and delegation rows an accepted request was checked against, to be made a
+/// [`Basis`] with the connection it uses.
+#[derive(Clone)]
+pub struct Grounds {
+    agent_id: String,
+    secret_hash: Vec<u8>,
+    token_hash: Vec<u8>,
+    /// Read earlier, for another request, rather than for this one.
+    pub reused: bool,
+}
+
+/// Digests only, and nothing to learn from printing them.
+impl std::fmt::Debug for Grounds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Grounds")
+            .field("agent_id", &self.agent_id)
+            .field("reused", &self.reused)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Grounds {
+    /// The basis of a use of `connection` on these grounds.
+    pub fn basis(&self, connection: &crate::vault::SealedCredential) -> Basis {
+        Basis {
+            agent_id: self.agent_id.clone(),
+            secret_hash: self.secret_hash.clone(),
+            token_hash: self.token_hash.clone(),
+            connection_id: connection.id().to_owned(),
+            generation: connection.generation(),
+            kek_version: connection.kek_version(),
+            status: connection.status().to_owned(),
+        }
+    }
+}
+
+/// Rows of accepted requests kept for reuse (see the module comment); cleared when full.
+const REUSE_LIMIT: usize = 4096;
+/// Rows older than this (milliseconds) are read again rather than reused.
+const REUSE_MS: i64 = 30_000;
 
 /// What a user asks to delegate.
 #[derive(Debug, Clone)]
@@ -192,6 +242,8 @@ pub struct Agents {
     clock: Arc<dyn Clock>,
     /// Started on first use (commands that never check a request start none).
     lookups: OnceLock<Lookups>,
+    /// Rows of accepted requests with a connection, and when they were read.
+    reusable: Mutex<HashMap<RequestKey, (i64, RequestRows)>>,
 }
 
 impl Agents {
@@ -200,6 +252,7 @@ impl Agents {
             db,
             clock,
             lookups: OnceLock::new(),
+            reusable: Mutex::new(HashMap::new()),
         }
     }
 
@@ -254,12 +307,15 @@ impl Agents {
 
     /// Checks an agent request with one database read (shared with the requests waiting
     /// beside it): the bearer secret, the delegation token, and (for the route's provider)
-    /// the delegating user's connection.
+    /// the delegating user's connection. With `reuse`, rows an earlier accepted request
+    /// read for the same key are used instead when there are some (the caller must then
+    /// record with a [`Basis`] and decide again from a fresh read if it does not hold).
     pub async fn resolve(
         &self,
         bearer: &str,
         token: &str,
         provider: &str,
+        reuse: bool,
     ) -> Result<Resolution, AgentError> {
         let Some(id) = agent_id(bearer) else {
             return Ok(Resolution::Unauthenticated);
@@ -274,27 +330,84 @@ impl Agents {
             provider
         };
         let key = (id.to_owned(), hash.to_vec(), provider.to_owned());
+        let now_ms = self.clock.unix_ms();
+        if reuse {
+            let kept = self
+                .reusable
+                .lock()
+                .map_err(|_| AgentError::Lookup("poisoned".into()))?
+                .get(&key)
+                .filter(|(at, _)| now_ms - *at < REUSE_MS)
+                .map(|(_, rows)| rows.clone());
+            if let Some(rows) = kept {
+                let resolution = self.decide(bearer, token, &hash, rows, true);
+                // Only an acceptance is taken from kept rows; anything else is read again.
+                if matches!(resolution, Resolution::Accepted { .. }) {
+                    return Ok(resolution);
+                }
+            }
+        }
         let lookups = self.lookups.get_or_init(|| Lookups::start(&self.db));
-        let Some(rows) = lookups.get(key).await? else {
+        let Some(rows) = lookups.get(key.clone()).await? else {
+            self.forget(&key);
             return Ok(Resolution::Unauthenticated);
         };
+        let resolution = self.decide(bearer, token, &hash, rows.clone(), false);
+        match &resolution {
+            Resolution::Accepted {
+                connection: Some(c),
+                ..
+            } if c.status == "active" => {
+                if let Ok(mut kept) = self.reusable.lock() {
+                    if kept.len() >= REUSE_LIMIT {
+                        kept.clear();
+                    }
+                    kept.insert(key, (now_ms, rows));
+                }
+            }
+            _ => self.forget(&key),
+        }
+        Ok(resolution)
+    }
+
+    fn forget(&self, key: &RequestKey) {
+        if let Ok(mut kept) = self.reusable.lock() {
+            kept.remove(key);
+        }
+    }
+
+    /// Checks a request's secret and delegation against its rows.
+    fn decide(
+        &self,
+        bearer: &str,
+        token: &str,
+        token_hash: &[u8],
+        rows: RequestRows,
+        reused: bool,
+    ) -> Resolution {
         let presented = sha256(&[bearer.as_bytes()]);
         if !constant_time_eq(&presented, &rows.secret_hash) {
-            return Ok(Resolution::Unauthenticated);
+            return Resolution::Unauthenticated;
         }
         let well_formed = token.starts_with(DELEGATION_PREFIX) && token.len() <= 128;
         let checked = match rows.delegation {
             Some(d) if well_formed => self.check(&rows.agent, d),
             _ => Err(DelegationRefused::Invalid),
         };
-        Ok(match checked {
+        match checked {
             Ok(delegation) => Resolution::Accepted {
+                grounds: Grounds {
+                    agent_id: rows.agent.id.clone(),
+                    secret_hash: rows.secret_hash,
+                    token_hash: token_hash.to_vec(),
+                    reused,
+                },
                 agent: rows.agent,
                 delegation,
                 connection: rows.connection.map(Box::new),
             },
             Err(why) => Resolution::Refused(rows.agent, why),
-        })
+        }
     }
 
     fn check(&self, agent: &AgentRow, row: DelegationRow) -> Result<Delegation, DelegationRefused> {
@@ -387,6 +500,7 @@ mod tests {
                 agent,
                 delegation,
                 connection,
+                ..
             } => Seen::Accepted(
                 agent.name,
                 delegation.user_id,
@@ -461,7 +575,7 @@ mod tests {
                 let (agents, secret, token, provider) =
                     (Arc::clone(&agents), secret.clone(), token.clone(), provider.to_string());
                 tasks.push((i, tokio::spawn(async move {
-                    seen(agents.resolve(&secret, &token, &provider).await.unwrap())
+                    seen(agents.resolve(&secret, &token, &provider, false).await.unwrap())
                 })));
             }
             for (i, task) in tasks {
@@ -471,7 +585,7 @@ mod tests {
             let mut tx = t.db.begin().await.unwrap();
             agents.revoke_all(&mut tx, "u0").await.unwrap();
             tx.commit().await.unwrap();
-            let r = agents.resolve(&a_secret, &tokens[0], "p0").await.unwrap();
+            let r = agents.resolve(&a_secret, &tokens[0], "p0", false).await.unwrap();
             assert_eq!(seen(r), Seen::Refused("a".into(), DelegationRefused::Invalid));
         }
     }

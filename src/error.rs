@@ -76,6 +76,11 @@ pub enum Error {
     RefreshBusy,
     #[error("{0}")]
     NotRecorded(String),
+    /// The agent, delegation or connection a release was decided on changed before it
+    /// was recorded (the caller decides again; this reaches an agent only when that keeps
+    /// happening).
+    #[error("the credential changed while it was being released; retry")]
+    Stale,
     #[error("this needs the admin role")]
     Forbidden,
 }
@@ -222,6 +227,11 @@ impl Error {
                 "provider_unavailable",
                 "Refresh in progress",
             ),
+            Error::Stale => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "credential_changed",
+                "The credential changed",
+            ),
         }
     }
 
@@ -259,7 +269,7 @@ impl IntoResponse for Error {
         let retry_after = match &self {
             Error::RateLimited(seconds) => Some(*seconds),
             Error::ProviderFailed(_) | Error::OAuth(OAuthError::ProviderFailed(_)) => Some(5),
-            Error::RefreshBusy => Some(1),
+            Error::RefreshBusy | Error::Stale => Some(1),
             _ => None,
         };
         let mut resp = (status, Json(problem)).into_response();

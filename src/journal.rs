@@ -11,6 +11,11 @@
 //! the head being where this writer left it (see `store::audit::append_at_head`); when
 //! another writer has moved it, the head is read again, and after a few misses the batch
 //! takes the head's lock in a transaction like any other append.
+//!
+//! An event may carry a [`Basis`]: the rows its release was decided on. It is written only
+//! if they still hold when its batch is (in the same statement or transaction); if they do
+//! not, nothing of the batch is written, that caller is told so (`Unrecorded::Stale`), and
+//! the rest of the batch is linked again and written without it.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -19,7 +24,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::audit::{self, Event};
 use crate::clock::Clock;
-use crate::store::audit::{self as audit_rows, EventRow};
+use crate::store::agents::{self as agent_rows, Basis};
+use crate::store::audit::{self as audit_rows, AtHead, EventRow};
 use crate::store::{Backend, Db};
 
 /// The most events one transaction carries.
@@ -29,13 +35,24 @@ struct Pending {
     event: Event,
     /// A connection whose last-use time becomes the event's time.
     touch: Option<String>,
-    done: oneshot::Sender<Result<i64, String>>,
+    basis: Option<Basis>,
+    done: oneshot::Sender<Result<i64, Unrecorded>>,
 }
 
 /// Why an event was not recorded.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("the audit trail could not be written: {0}")]
 pub struct NotRecorded(pub String);
+
+/// Why an event with a basis was not recorded.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Unrecorded {
+    /// The rows it was decided on have changed since they were read: decide again.
+    #[error("the rows the event was decided on have changed")]
+    Stale,
+    #[error(transparent)]
+    Failed(#[from] NotRecorded),
+}
 
 /// Handle to the writer task.
 #[derive(Clone)]
@@ -60,15 +77,33 @@ impl Journal {
     /// Appends `event` (and records the use of connection `touch`); returns once it is
     /// committed, with its sequence number.
     pub async fn record(&self, event: Event, touch: Option<String>) -> Result<i64, NotRecorded> {
+        self.record_if(event, touch, None)
+            .await
+            .map_err(|e| match e {
+                Unrecorded::Failed(e) => e,
+                Unrecorded::Stale => NotRecorded("stale".into()),
+            })
+    }
+
+    /// As [`Journal::record`], and only if `basis` still holds when the event is written.
+    pub async fn record_if(
+        &self,
+        event: Event,
+        touch: Option<String>,
+        basis: Option<Basis>,
+    ) -> Result<i64, Unrecorded> {
+        let stopped = || Unrecorded::Failed(NotRecorded("the writer has stopped".into()));
         let (done, answer) = oneshot::channel();
         self.queue
-            .send(Pending { event, touch, done })
+            .send(Pending {
+                event,
+                touch,
+                basis,
+                done,
+            })
             .await
-            .map_err(|_| NotRecorded("the writer has stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| NotRecorded("the writer has stopped".into()))?
-            .map_err(NotRecorded)
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
     }
 }
 
@@ -82,33 +117,80 @@ async fn writer(db: Db, clock: Arc<dyn Clock>, mut rx: mpsc::Receiver<Pending>) 
     let mut head = None;
     while rx.recv_many(&mut pending, MAX_BATCH).await > 0 {
         let at_ms = clock.unix_ms();
-        let mut touched = BTreeSet::new();
-        let mut rows = Vec::with_capacity(pending.len());
-        let mut callers = Vec::with_capacity(pending.len());
+        let mut batch = Batch::default();
         for p in pending.drain(..) {
-            touched.extend(p.touch);
-            rows.push(audit::unlinked((at_ms, p.event)));
-            callers.push(p.done);
+            batch.rows.push(audit::unlinked((at_ms, p.event)));
+            batch.touch.push(p.touch);
+            batch.bases.push(p.basis);
+            batch.callers.push(p.done);
         }
-        let ids: Vec<&str> = touched.iter().map(String::as_str).collect();
-        let result = commit(&db, clock.unix(), &mut rows, &ids, &mut head).await;
-        for (i, done) in (0i64..).zip(callers) {
-            // The caller may have gone away; its event is committed regardless.
-            let _ = done.send(result.clone().map(|first| first + i));
+        // Each round either writes the batch, fails it, or takes out the events whose
+        // basis no longer holds (so the loop ends).
+        loop {
+            match commit(&db, clock.unix(), &mut batch, &mut head).await {
+                Ok(Committed::Written(first)) => {
+                    for (i, done) in (0i64..).zip(batch.callers.drain(..)) {
+                        // The caller may have gone away; its event is committed regardless.
+                        let _ = done.send(Ok(first + i));
+                    }
+                    break;
+                }
+                Ok(Committed::Stale(at)) => {
+                    for i in at.into_iter().rev() {
+                        batch.rows.remove(i);
+                        batch.touch.remove(i);
+                        batch.bases.remove(i);
+                        let _ = batch.callers.remove(i).send(Err(Unrecorded::Stale));
+                    }
+                    if batch.rows.is_empty() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    for done in batch.callers.drain(..) {
+                        let _ = done.send(Err(Unrecorded::Failed(NotRecorded(e.clone()))));
+                    }
+                    break;
+                }
+            }
         }
     }
 }
 
-/// Writes one batch; returns the first event's sequence number and leaves `head` where
+/// The events of one round, with what each caller asked for.
+#[derive(Default)]
+struct Batch {
+    rows: Vec<EventRow>,
+    touch: Vec<Option<String>>,
+    bases: Vec<Option<Basis>>,
+    callers: Vec<oneshot::Sender<Result<i64, Unrecorded>>>,
+}
+
+enum Committed {
+    /// Written; the first event's sequence number.
+    Written(i64),
+    /// Nothing written: the bases of these events (indexes, ascending) no longer hold.
+    Stale(Vec<usize>),
+}
+
+/// Writes one batch, or finds the events whose basis no longer holds; leaves `head` where
 /// the chain is after it (`None` when unknown).
 async fn commit(
     db: &Db,
     now: i64,
-    rows: &mut [EventRow],
-    touch: &[&str],
+    batch: &mut Batch,
     head: &mut Option<(i64, Vec<u8>)>,
-) -> Result<i64, String> {
+) -> Result<Committed, String> {
+    let rows = &mut batch.rows;
     let n = i64::try_from(rows.len()).unwrap_or(0);
+    let touched: BTreeSet<&str> = batch.touch.iter().flatten().map(String::as_str).collect();
+    let touch: Vec<&str> = touched.into_iter().collect();
+    let bases: Vec<(usize, &Basis)> = batch
+        .bases
+        .iter()
+        .enumerate()
+        .filter_map(|(i, b)| b.as_ref().map(|b| (i, b)))
+        .collect();
     let run = async {
         // One statement, no lock held between round trips, when there is nothing else to
         // write and the head is where this writer left it.
@@ -119,22 +201,38 @@ async fn commit(
                     None => audit_rows::head(db.pool()).await?,
                 };
                 audit::link(rows, seq + 1, hash.clone());
-                if audit_rows::append_at_head(db.pool(), seq, &hash, rows).await? {
-                    return Ok(seq + 1);
+                match audit_rows::append_at_head(db.pool(), seq, &hash, rows, &bases).await? {
+                    AtHead::Written => return Ok(Committed::Written(seq + 1)),
+                    AtHead::Stale(at) => {
+                        // Nothing was written: the head is as it was.
+                        *head = Some((seq, hash));
+                        return Ok(Committed::Stale(at));
+                    }
+                    AtHead::Moved => {}
                 }
             }
         }
         let mut tx = db.begin().await?;
-        crate::store::connection::touch_many(&mut tx, touch, now).await?;
+        let mut stale = Vec::new();
+        for (i, basis) in &bases {
+            if !agent_rows::basis_holds(&mut tx, basis).await? {
+                stale.push(*i);
+            }
+        }
+        if !stale.is_empty() {
+            return Ok(Committed::Stale(stale));
+        }
+        crate::store::connection::touch_many(&mut tx, &touch, now).await?;
         let last = audit::append_rows(&mut tx, rows).await?;
         tx.commit().await?;
-        Ok::<i64, sqlx::Error>(last - n + 1)
+        Ok::<Committed, sqlx::Error>(Committed::Written(last - n + 1))
     };
     let result = run.await;
-    *head = match (&result, rows.last()) {
-        (Ok(_), Some(last)) => Some((last.seq, last.hash.clone())),
-        _ => None,
-    };
+    match (&result, rows.last()) {
+        (Ok(Committed::Written(_)), Some(last)) => *head = Some((last.seq, last.hash.clone())),
+        (Ok(Committed::Stale(_)), _) => {}
+        _ => *head = None,
+    }
     result.map_err(|e| {
         tracing::error!(error = %e, events = n, "audit batch failed");
         "database error".to_owned()

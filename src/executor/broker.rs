@@ -10,14 +10,15 @@ use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 use super::Executor;
-use crate::agents::Delegation;
+use crate::agents::{Delegation, Grounds};
 use crate::audit::{self, Actor, Event, Kind, Outcome};
 use crate::clock::{Clock, rfc3339};
 use crate::error::Error;
-use crate::journal::Journal;
+use crate::journal::{Journal, Unrecorded};
 use crate::oauth::OAuth;
 use crate::policy::{Action, Policies};
 use crate::store::Db;
+use crate::store::agents::Basis;
 use crate::tools::Tool;
 use crate::vault::{SealedCredential, Vault};
 
@@ -27,6 +28,8 @@ pub const REFRESH_MARGIN: i64 = 60;
 /// the audit trail to the millisecond), so a busy connection's row is not rewritten on
 /// every use.
 pub const LAST_USE_STEP: i64 = 10;
+/// Connections whose last touch [`Broker`] remembers; forgotten all at once when full.
+const TOUCHED_LIMIT: usize = 4096;
 /// Largest provider response a tool run reads.
 pub const MAX_TOOL_RESPONSE: usize = 1 << 20;
 /// Response headers a tool run passes back.
@@ -47,6 +50,8 @@ pub struct Caller {
     pub agent: String,
     pub delegation: Delegation,
     pub request_id: String,
+    /// What the agent and delegation were checked against.
+    pub grounds: Grounds,
 }
 
 /// A released credential, serialized: the only place a token leaves the service.
@@ -71,6 +76,9 @@ pub struct Broker {
     /// Seconds a refresh lease lasts: the provider timeout and a margin.
     pub(super) lease_seconds: i64,
     journal: Journal,
+    /// When this process last wrote each connection's last-use time (the row it has may
+    /// have been read before that).
+    touched: Mutex<HashMap<String, i64>>,
     /// In-process single-flight locks, by connection id (see `refresh.rs`).
     pub(super) flights: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
 }
@@ -111,6 +119,7 @@ impl Broker {
             http,
             lease_seconds: provider_timeout + 5,
             journal,
+            touched: Mutex::new(HashMap::new()),
             flights: Mutex::new(HashMap::new()),
         })
     }
@@ -175,23 +184,41 @@ impl Broker {
         Ok(())
     }
 
-    /// Records a use durably (group commit): the audit event and, when the stored one is
-    /// [`LAST_USE_STEP`] old or more, the connection's last-use time. Returns only once
-    /// committed.
-    async fn record_use(&self, sealed: &SealedCredential, event: Event) -> Result<(), Error> {
+    /// Records a use durably (group commit): the audit event and, when both the stored
+    /// one and the one this process last wrote are [`LAST_USE_STEP`] old or more, the
+    /// connection's last-use time. Returns only once committed. With `basis`, only if it
+    /// still holds then ([`Error::Stale`] if not).
+    async fn record_use(
+        &self,
+        sealed: &SealedCredential,
+        event: Event,
+        basis: Option<Basis>,
+    ) -> Result<(), Error> {
         let now = self.clock.unix();
-        let touch = sealed
-            .last_used_at()
-            .is_none_or(|t| now - t >= LAST_USE_STEP)
-            .then(|| sealed.id().to_owned());
-        self.journal
-            .record(event, touch)
-            .await
-            .map_err(|e| Error::NotRecorded(e.to_string()))?;
-        Ok(())
+        let due = |t: Option<i64>| t.is_none_or(|t| now - t >= LAST_USE_STEP);
+        let touch = match self.touched.lock() {
+            Ok(mut touched) if due(sealed.last_used_at()) => {
+                let due = due(touched.get(sealed.id()).copied());
+                if due {
+                    if touched.len() >= TOUCHED_LIMIT {
+                        touched.clear();
+                    }
+                    touched.insert(sealed.id().to_owned(), now);
+                }
+                due.then(|| sealed.id().to_owned())
+            }
+            _ => None,
+        };
+        match self.journal.record_if(event, touch, basis).await {
+            Ok(_) => Ok(()),
+            Err(Unrecorded::Stale) => Err(Error::Stale),
+            Err(Unrecorded::Failed(e)) => Err(Error::NotRecorded(e.to_string())),
+        }
     }
 
-    /// Raw release: the access token, after the release is durably audited.
+    /// Raw release: the access token, after the release is durably audited, and only if
+    /// the agent, delegation and connection it was decided on still hold then
+    /// ([`Error::Stale`] otherwise: decide again from a fresh read).
     pub async fn release(
         &self,
         caller: &Caller,
@@ -204,10 +231,17 @@ impl Broker {
         if !d.providers.iter().any(|p| p == provider) {
             return Err(Error::ProviderNotDelegated(provider.to_owned()));
         }
+        // On rows read for an earlier request, only the way to a release is taken: any
+        // refusal is decided again on a fresh read (and audited then, if it stands).
+        let reused = caller.grounds.reused;
         let scopes = requested.unwrap_or_default();
-        let sealed = self
+        let sealed = match self
             .connection(&d.user_id, provider, &scopes, preloaded)
-            .await?;
+            .await
+        {
+            Err(_) if reused => return Err(Error::Stale),
+            other => other?,
+        };
         let scopes: Vec<String> = if scopes.is_empty() {
             sealed.scopes().iter().map(|s| (*s).to_owned()).collect()
         } else {
@@ -220,6 +254,9 @@ impl Broker {
             &scopes,
         )?;
         if !verdict.allowed {
+            if reused {
+                return Err(Error::Stale);
+            }
             self.audit_denial(
                 caller,
                 json!({"action": "fetch_credential", "provider": provider, "scopes": scopes,
@@ -230,7 +267,13 @@ impl Broker {
             return Err(Error::PolicyDenied);
         }
         let actor = Actor::Agent(caller.agent.clone());
+        let generation = sealed.generation();
+        // A refresh reads the stored row again itself, so its outcome stands either way.
         let sealed = self.fresh(sealed, &actor).await?;
+        if reused && sealed.generation() != generation {
+            // Refreshed since the rows were read: read them again (and keep the new ones).
+            return Err(Error::Stale);
+        }
         // Durable before the token leaves: if this fails, nothing is released.
         let event = Event::new(
             Kind::CredentialReleased,
@@ -242,7 +285,8 @@ impl Broker {
             json!({"agent": caller.agent, "delegation": d.handle, "provider": provider,
                 "connection": sealed.id(), "scopes": scopes, "policies": verdict.policies}),
         );
-        self.record_use(&sealed, event).await?;
+        let basis = caller.grounds.basis(&sealed);
+        self.record_use(&sealed, event, Some(basis)).await?;
         let expires_at = sealed.expires_at().map(rfc3339);
         let body = self
             .exec
@@ -327,7 +371,8 @@ impl Broker {
                 "provider": tool.provider, "connection": sealed.id(), "method": tool.method.as_str(),
                 "host": url.host_str(), "status": status, "failure": failure,
                 "policies": verdict.policies}));
-        self.record_use(&sealed, event).await?;
+        // The provider has been called already: recorded whatever has changed since.
+        self.record_use(&sealed, event, None).await?;
         match (outcome, failure) {
             (Ok(out), None) => Ok(out),
             (_, Some(reason)) => Err(Error::ProviderFailed(reason)),

@@ -69,25 +69,43 @@ impl FromRequestParts<AppState> for AgentRequest {
     }
 }
 
+/// How [`AgentRequest::check`] reads the request's rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Read {
+    /// Rows read for an earlier request may stand in (see `Agents::resolve`): only for a
+    /// use recorded with its basis.
+    Reuse,
+    /// Read for this request.
+    Fresh,
+    /// Read again for a request already counted against the agent's rate limit.
+    Again,
+}
+
 impl AgentRequest {
     /// Checks, in this order: the agent secret (401), the agent's rate limit (429), the
     /// delegation (401/403). One database read also returns the delegating user's
     /// connection to `provider`.
     async fn check(
-        self,
+        &self,
         app: &AppState,
         provider: &str,
+        read: Read,
     ) -> Result<(Caller, Option<SealedCredential>), Error> {
-        let bearer = self.bearer.ok_or(Error::AgentUnauthorized)?;
+        let bearer = self.bearer.as_ref().ok_or(Error::AgentUnauthorized)?;
         let token = self.delegation.as_ref().map_or("", DelegationToken::reveal);
-        let resolution = app.agents.resolve(bearer.reveal(), token, provider).await?;
+        let resolution = app
+            .agents
+            .resolve(bearer.reveal(), token, provider, read == Read::Reuse)
+            .await?;
         let agent = match &resolution {
             Resolution::Unauthenticated => return Err(Error::AgentUnauthorized),
             Resolution::Refused(agent, _) | Resolution::Accepted { agent, .. } => agent,
         };
-        app.agent_limiter
-            .take(agent.name.clone())
-            .map_err(Error::RateLimited)?;
+        if read != Read::Again {
+            app.agent_limiter
+                .take(agent.name.clone())
+                .map_err(Error::RateLimited)?;
+        }
         match resolution {
             Resolution::Unauthenticated => Err(Error::AgentUnauthorized),
             Resolution::Refused(_, DelegationRefused::Invalid) => Err(Error::DelegationInvalid),
@@ -97,11 +115,13 @@ impl AgentRequest {
                 agent,
                 delegation,
                 connection,
+                grounds,
             } => Ok((
                 Caller {
                     agent: agent.name,
                     delegation,
-                    request_id: self.request_id,
+                    request_id: self.request_id.clone(),
+                    grounds,
                 },
                 connection.map(|row| SealedCredential::from_row(*row)),
             )),
@@ -143,7 +163,7 @@ pub async fn run_tool(
 ) -> Result<Response, Error> {
     let found = app.tools.get(&tool);
     let (caller, connection) = request
-        .check(&app, found.map_or("", |t| t.provider.as_str()))
+        .check(&app, found.map_or("", |t| t.provider.as_str()), Read::Fresh)
         .await?;
     let tool = found.ok_or_else(|| Error::UnknownTool(tool.clone()))?;
     if !caller.delegation.tools.iter().any(|t| t == &tool.name) {
@@ -164,6 +184,9 @@ struct ReleaseBody {
     scopes: Option<Vec<String>>,
 }
 
+/// Fresh decisions a release makes when the rows it was decided on keep changing under it.
+const STALE_RETRIES: usize = 2;
+
 /// `POST /v1/credentials/{provider}` — raw release, where policy allows.
 pub async fn release(
     State(app): State<AppState>,
@@ -171,12 +194,30 @@ pub async fn release(
     Path(provider): Path<String>,
     body: Bytes,
 ) -> Result<Response, Error> {
-    let (caller, connection) = request.check(&app, &provider).await?;
+    // From rows read for an earlier release if there are some; if they have changed by
+    // the time the release is recorded, decided again from a fresh read.
+    let (mut caller, mut connection) = request.check(&app, &provider, Read::Reuse).await?;
     let body: ReleaseBody = json_body(&body)?;
-    let released = app
-        .broker
-        .release(&caller, &app.policies, &provider, body.scopes, connection)
-        .await?;
+    let mut again = 0;
+    let released = loop {
+        match app
+            .broker
+            .release(
+                &caller,
+                &app.policies,
+                &provider,
+                body.scopes.clone(),
+                connection,
+            )
+            .await
+        {
+            Err(Error::Stale) if again < STALE_RETRIES => {
+                again += 1;
+                (caller, connection) = request.check(&app, &provider, Read::Again).await?;
+            }
+            other => break other?,
+        }
+    };
     let mut resp = (StatusCode::OK, released.0.to_string()).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

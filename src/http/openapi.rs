@@ -331,6 +331,7 @@ fn ops() -> Vec<Op> {
                 (429, "rate_limited"),
                 (502, "provider_error"),
                 (503, "provider_unavailable"),
+                (503, "credential_changed"),
             ],
         },
         Op {
@@ -626,6 +627,20 @@ mod tests {
         ] {
             assert!(
                 run[status]["description"].as_str().unwrap().contains(code),
+                "{status} {code}"
+            );
+        }
+        let release = &doc["paths"]["/v1/credentials/{provider}"]["post"]["responses"];
+        for (status, code) in [
+            ("409", "reauth_required"),
+            ("503", "provider_unavailable"),
+            ("503", "credential_changed"),
+        ] {
+            assert!(
+                release[status]["description"]
+                    .as_str()
+                    .unwrap()
+                    .contains(code),
                 "{status} {code}"
             );
         }

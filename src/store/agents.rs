@@ -235,3 +235,51 @@ where
     }
     Ok(out)
 }
+
+/// What a credential release was decided on: the agent (with its secret digest), the
+/// delegation (by token digest) and the connection in the state it was read in. The
+/// release is recorded only if all of it still holds when its audit event is written
+/// (see `journal`), so a decision taken on rows read earlier is never acted on after the
+/// agent, the delegation or the connection changed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Basis {
+    pub agent_id: String,
+    pub secret_hash: Vec<u8>,
+    pub token_hash: Vec<u8>,
+    pub connection_id: String,
+    pub generation: i64,
+    pub kek_version: i64,
+    pub status: String,
+}
+
+/// The digests are not secrets, but there is nothing to learn from printing them.
+impl std::fmt::Debug for Basis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Basis")
+            .field("agent_id", &self.agent_id)
+            .field("connection_id", &self.connection_id)
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether every row `basis` was read from is still as it was, inside the caller's
+/// transaction.
+pub async fn basis_holds(conn: &mut Conn, basis: &Basis) -> Result<bool, sqlx::Error> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM agent a, delegation d, connection c \
+         WHERE a.id = $1 AND a.secret_hash = $2 AND d.token_hash = $3 AND d.agent_id = a.id \
+         AND c.user_id = d.user_id AND c.id = $4 AND c.generation = $5 \
+         AND c.kek_version = $6 AND c.status = $7",
+    )
+    .bind(&basis.agent_id)
+    .bind(&basis.secret_hash)
+    .bind(&basis.token_hash)
+    .bind(&basis.connection_id)
+    .bind(basis.generation)
+    .bind(basis.kek_version)
+    .bind(&basis.status)
+    .fetch_one(conn)
+    .await?;
+    Ok(n > 0)
+}

@@ -4,6 +4,7 @@
 use sqlx::Row;
 
 use super::Conn;
+use super::agents::Basis;
 
 /// One stored event, as hashed.
 #[derive(Debug, Clone)]
@@ -73,24 +74,36 @@ pub async fn insert_many(conn: &mut Conn, events: &[EventRow]) -> Result<(), sql
     Ok(())
 }
 
+/// What [`append_at_head`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AtHead {
+    /// Every event is written.
+    Written,
+    /// Nothing is written: the head is not where the events were linked from.
+    Moved,
+    /// Nothing is written: the bases of these events (their indexes) no longer hold.
+    Stale(Vec<usize>),
+}
+
 /// PostgreSQL only: appends `events` (already linked from `expected` and `expected_hash`)
-/// in one statement, and only if the head is still there (number and hash: a batch linked
-/// to a predecessor that was not written never matches); `false` if it is not
-/// (nothing is written then). One statement is its own transaction, so the head update,
-/// the events and the head hash (by trigger) commit together. The text never changes with
-/// the number of events (they travel as one JSON parameter), so it is prepared once per
-/// connection.
+/// in one statement, if the head is still at `expected` with that hash (so a batch linked
+/// to a predecessor that was not written never matches) and every basis in `bases` (by
+/// event index) still holds in the statement's snapshot. One statement is its own
+/// transaction, so the head update, the events and the head hash (by trigger) commit
+/// together. The text never changes with the number of events (they travel as JSON
+/// parameters), so it is prepared once per connection.
 pub async fn append_at_head<'e, E>(
     e: E,
     expected: i64,
     expected_hash: &[u8],
     events: &[EventRow],
-) -> Result<bool, sqlx::Error>
+    bases: &[(usize, &Basis)],
+) -> Result<AtHead, sqlx::Error>
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
     let Some(last) = events.last() else {
-        return Ok(true);
+        return Ok(AtHead::Written);
     };
     let hex = crate::crypto::hex;
     let json = serde_json::Value::Array(
@@ -106,25 +119,60 @@ where
             .collect(),
     )
     .to_string();
-    let done = sqlx::query(
-        "WITH h AS (UPDATE audit_head SET seq = $2 WHERE id = 1 AND seq = $1 AND hash = $4 \
-         RETURNING seq) \
-         INSERT INTO audit_event (seq, at_ms, kind, actor, subject, outcome, request_id, detail, \
-         prev_hash, hash) \
+    let conditions = serde_json::Value::Array(
+        bases
+            .iter()
+            .map(|(i, b)| {
+                serde_json::json!({
+                    "i": i, "agent": b.agent_id, "secret": hex(&b.secret_hash),
+                    "token": hex(&b.token_hash), "conn": b.connection_id, "gen": b.generation,
+                    "kek": b.kek_version, "status": b.status,
+                })
+            })
+            .collect(),
+    )
+    .to_string();
+    let row = sqlx::query(
+        "WITH stale AS (SELECT b.i FROM json_to_recordset($5::json) AS b(i BIGINT, \
+         agent TEXT, secret TEXT, token TEXT, conn TEXT, gen BIGINT, kek BIGINT, status TEXT) \
+         WHERE NOT EXISTS (SELECT 1 FROM agent a, delegation d, connection c \
+         WHERE a.id = b.agent AND a.secret_hash = decode(b.secret, 'hex') \
+         AND d.token_hash = decode(b.token, 'hex') AND d.agent_id = a.id \
+         AND c.user_id = d.user_id AND c.id = b.conn AND c.generation = b.gen \
+         AND c.kek_version = b.kek AND c.status = b.status)), \
+         h AS (UPDATE audit_head SET seq = $2 WHERE id = 1 AND seq = $1 AND hash = $4 \
+         AND NOT EXISTS (SELECT 1 FROM stale) RETURNING seq), \
+         ins AS (INSERT INTO audit_event (seq, at_ms, kind, actor, subject, outcome, \
+         request_id, detail, prev_hash, hash) \
          SELECT e.seq, e.at_ms, e.kind, e.actor, e.subject, e.outcome, e.request_id, e.detail, \
          decode(e.prev_hash, 'hex'), decode(e.hash, 'hex') \
          FROM h, json_to_recordset($3::json) AS e(seq BIGINT, at_ms BIGINT, kind TEXT, \
          actor TEXT, subject TEXT, outcome TEXT, request_id TEXT, detail TEXT, prev_hash TEXT, \
-         hash TEXT) ORDER BY e.seq",
+         hash TEXT) ORDER BY e.seq RETURNING 1) \
+         SELECT (SELECT COUNT(*) FROM ins) AS written, \
+         (SELECT string_agg(i::TEXT, ',') FROM stale) AS stale",
     )
     .bind(expected)
     .bind(last.seq)
     .bind(json)
     .bind(expected_hash)
-    .execute(e)
-    .await?
-    .rows_affected();
-    Ok(u64::try_from(events.len()).is_ok_and(|n| n == done))
+    .bind(conditions)
+    .fetch_one(e)
+    .await?;
+    let written: i64 = row.try_get("written")?;
+    let stale: Option<String> = row.try_get("stale")?;
+    if let Some(stale) = stale {
+        let mut at: Vec<usize> = stale.split(',').filter_map(|i| i.parse().ok()).collect();
+        at.sort_unstable();
+        return Ok(AtHead::Stale(at));
+    }
+    Ok(
+        if usize::try_from(written).is_ok_and(|n| n == events.len()) {
+            AtHead::Written
+        } else {
+            AtHead::Moved
+        },
+    )
 }
 
 /// The head: newest sequence number and hash.

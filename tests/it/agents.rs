@@ -273,6 +273,15 @@ async fn delegate(
     strongbox::agents::token_text(&token).to_string()
 }
 
+/// How many releases the audit trail holds.
+async fn released(site: &Site) -> i64 {
+    crate::support::count(
+        &site.url,
+        "SELECT COUNT(*) FROM audit_event WHERE kind = 'credential.released'",
+    )
+    .await
+}
+
 async fn build(site: &Site, base: &str, clock: &ManualClock) -> strongbox::AppState {
     let clock: Arc<dyn Clock> = Arc::new(clock.clone());
     strongbox::AppState::build(
@@ -669,6 +678,49 @@ async fn agents_end_to_end(site: Site) {
         );
     }
     crate::support::sql(&site.url, &unblock).await;
+
+    // A release may start from the rows an earlier one read, but is recorded only if they
+    // still hold then: a change committed in between (here, behind the service's back) is
+    // seen at once, and nothing is released on the old rows.
+    let release = || call(&app, "POST", "/v1/credentials/acme", &hs, json!({}));
+    assert_eq!(release().await.status, StatusCode::OK);
+    let before = released(&site).await;
+    crate::support::sql(
+        &site.url,
+        "UPDATE connection SET status = 'reauth_required'",
+    )
+    .await;
+    let r = release().await;
+    assert_eq!(
+        (r.status, r.json["code"].as_str()),
+        (StatusCode::CONFLICT, Some("reauth_required")),
+        "{}",
+        r.text
+    );
+    crate::support::sql(&site.url, "UPDATE connection SET status = 'active'").await;
+    assert_eq!(release().await.status, StatusCode::OK);
+    crate::support::sql(
+        &site.url,
+        "CREATE TABLE kept_delegation AS SELECT * FROM delegation",
+    )
+    .await;
+    crate::support::sql(&site.url, "DELETE FROM delegation").await;
+    let r = release().await;
+    assert_eq!(
+        (r.status, r.json["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("delegation_invalid")),
+        "{}",
+        r.text
+    );
+    crate::support::sql(
+        &site.url,
+        "INSERT INTO delegation SELECT * FROM kept_delegation",
+    )
+    .await;
+    crate::support::sql(&site.url, "DROP TABLE kept_delegation").await;
+    assert_eq!(release().await.status, StatusCode::OK);
+    // Two releases were recorded, none on the changed rows.
+    assert_eq!(released(&site).await, before + 2);
 
     // Expiry: 20 concurrent releases cause exactly one refresh, and all get its token.
     for cycle in 1..=2 {

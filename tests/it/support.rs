@@ -162,6 +162,18 @@ pub async fn sql(url: &str, statement: &str) {
     conn.execute(statement).await.unwrap();
 }
 
+/// One number from `query` against `url`, on a connection of the test's own.
+pub async fn count(url: &str, query: &str) -> i64 {
+    sqlx::any::install_default_drivers();
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&fix_sqlite(url))
+        .await
+        .unwrap();
+    sqlx::query_scalar(query)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+}
+
 fn fix_sqlite(url: &str) -> String {
     if url.starts_with("sqlite") && !url.contains('?') {
         format!("{url}?mode=rwc")
