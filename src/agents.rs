@@ -244,6 +244,8 @@ pub struct Agents {
     lookups: OnceLock<Lookups>,
     /// Rows of accepted requests with a connection, and when they were read.
     reusable: Mutex<HashMap<RequestKey, (i64, RequestRows)>>,
+    /// Requests accepted on kept rows, since start.
+    reuses: std::sync::atomic::AtomicU64,
 }
 
 impl Agents {
@@ -253,6 +255,7 @@ impl Agents {
             clock,
             lookups: OnceLock::new(),
             reusable: Mutex::new(HashMap::new()),
+            reuses: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -332,17 +335,17 @@ impl Agents {
         let key = (id.to_owned(), hash.to_vec(), provider.to_owned());
         let now_ms = self.clock.unix_ms();
         if reuse {
-            let kept = self
-                .reusable
-                .lock()
-                .map_err(|_| AgentError::Lookup("poisoned".into()))?
-                .get(&key)
-                .filter(|(at, _)| now_ms - *at < REUSE_MS)
-                .map(|(_, rows)| rows.clone());
+            let kept = self.reusable.lock().ok().and_then(|kept| {
+                kept.get(&key)
+                    .filter(|(at, _)| now_ms - *at < REUSE_MS)
+                    .map(|(_, rows)| rows.clone())
+            });
             if let Some(rows) = kept {
                 let resolution = self.decide(bearer, token, &hash, rows, true);
                 // Only an acceptance is taken from kept rows; anything else is read again.
                 if matches!(resolution, Resolution::Accepted { .. }) {
+                    self.reuses
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     return Ok(resolution);
                 }
             }
@@ -368,6 +371,11 @@ impl Agents {
             _ => self.forget(&key),
         }
         Ok(resolution)
+    }
+
+    /// How many requests were accepted on kept rows since start.
+    pub fn reuses(&self) -> u64 {
+        self.reuses.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn forget(&self, key: &RequestKey) {

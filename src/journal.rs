@@ -201,7 +201,7 @@ async fn commit(
                     None => audit_rows::head(db.pool()).await?,
                 };
                 audit::link(rows, seq + 1, hash.clone());
-                match audit_rows::append_at_head(db.pool(), seq, &hash, rows, &bases).await? {
+                match audit_rows::append_at_head(db.pool(), seq, &hash, rows, &bases, now).await? {
                     AtHead::Written => return Ok(Committed::Written(seq + 1)),
                     AtHead::Stale(at) => {
                         // Nothing was written: the head is as it was.
@@ -213,17 +213,22 @@ async fn commit(
             }
         }
         let mut tx = db.begin().await?;
+        crate::store::connection::touch_many(&mut tx, &touch, now).await?;
+        let last = audit::append_rows(&mut tx, rows).await?;
+        // Checked last, holding the head's lock, each check with a snapshot of its own (on
+        // PostgreSQL): a change committed before it is seen; a revocation, refresh or
+        // disconnect not yet committed appends its own event, so it waits for this
+        // transaction and comes after the release.
         let mut stale = Vec::new();
         for (i, basis) in &bases {
-            if !agent_rows::basis_holds(&mut tx, basis).await? {
+            if !agent_rows::basis_holds(&mut tx, basis, now).await? {
                 stale.push(*i);
             }
         }
         if !stale.is_empty() {
+            // Rolled back: nothing of the batch is written.
             return Ok(Committed::Stale(stale));
         }
-        crate::store::connection::touch_many(&mut tx, &touch, now).await?;
-        let last = audit::append_rows(&mut tx, rows).await?;
         tx.commit().await?;
         Ok::<Committed, sqlx::Error>(Committed::Written(last - n + 1))
     };

@@ -228,12 +228,17 @@ impl Broker {
         preloaded: Option<SealedCredential>,
     ) -> Result<Released, Error> {
         let d = &caller.delegation;
-        if !d.providers.iter().any(|p| p == provider) {
-            return Err(Error::ProviderNotDelegated(provider.to_owned()));
-        }
-        // On rows read for an earlier request, only the way to a release is taken: any
-        // refusal is decided again on a fresh read (and audited then, if it stands).
+        // On rows read for an earlier request, only the way to a release without a
+        // refresh is taken: any refusal, and any refresh, is decided again on a fresh read
+        // (and audited then, if it stands).
         let reused = caller.grounds.reused;
+        if !d.providers.iter().any(|p| p == provider) {
+            return Err(if reused {
+                Error::Stale
+            } else {
+                Error::ProviderNotDelegated(provider.to_owned())
+            });
+        }
         let scopes = requested.unwrap_or_default();
         let sealed = match self
             .connection(&d.user_id, provider, &scopes, preloaded)
@@ -266,14 +271,11 @@ impl Broker {
             .await?;
             return Err(Error::PolicyDenied);
         }
-        let actor = Actor::Agent(caller.agent.clone());
-        let generation = sealed.generation();
-        // A refresh reads the stored row again itself, so its outcome stands either way.
-        let sealed = self.fresh(sealed, &actor).await?;
-        if reused && sealed.generation() != generation {
-            // Refreshed since the rows were read: read them again (and keep the new ones).
+        if reused && self.needs_refresh(&sealed, REFRESH_MARGIN) {
             return Err(Error::Stale);
         }
+        let actor = Actor::Agent(caller.agent.clone());
+        let sealed = self.fresh(sealed, &actor).await?;
         // Durable before the token leaves: if this fails, nothing is released.
         let event = Event::new(
             Kind::CredentialReleased,

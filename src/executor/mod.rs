@@ -13,7 +13,7 @@ mod broker;
 mod refresh;
 mod revoke;
 
-pub use broker::{Broker, Caller, REFRESH_MARGIN, Released, ToolOutput};
+pub use broker::{Broker, Caller, LAST_USE_STEP, REFRESH_MARGIN, Released, ToolOutput};
 pub use revoke::{Revocation, Revoked};
 
 use crate::vault::{SealedCredential, TokenSet, Vault, VaultError};

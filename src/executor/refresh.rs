@@ -32,7 +32,7 @@ impl Broker {
         lock
     }
 
-    fn needs_refresh(&self, sealed: &SealedCredential, margin: i64) -> bool {
+    pub(super) fn needs_refresh(&self, sealed: &SealedCredential, margin: i64) -> bool {
         sealed
             .expires_at()
             .is_some_and(|t| t - self.clock.unix() < margin)

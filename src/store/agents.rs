@@ -263,14 +263,14 @@ impl std::fmt::Debug for Basis {
     }
 }
 
-/// Whether every row `basis` was read from is still as it was, inside the caller's
-/// transaction.
-pub async fn basis_holds(conn: &mut Conn, basis: &Basis) -> Result<bool, sqlx::Error> {
+/// Whether every row `basis` was read from is still as it was, and the delegation unexpired
+/// at `now`, inside the caller's transaction.
+pub async fn basis_holds(conn: &mut Conn, basis: &Basis, now: i64) -> Result<bool, sqlx::Error> {
     let n: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM agent a, delegation d, connection c \
          WHERE a.id = $1 AND a.secret_hash = $2 AND d.token_hash = $3 AND d.agent_id = a.id \
          AND c.user_id = d.user_id AND c.id = $4 AND c.generation = $5 \
-         AND c.kek_version = $6 AND c.status = $7",
+         AND c.kek_version = $6 AND c.status = $7 AND d.expires_at > $8",
     )
     .bind(&basis.agent_id)
     .bind(&basis.secret_hash)
@@ -279,6 +279,7 @@ pub async fn basis_holds(conn: &mut Conn, basis: &Basis) -> Result<bool, sqlx::E
     .bind(basis.generation)
     .bind(basis.kek_version)
     .bind(&basis.status)
+    .bind(now)
     .fetch_one(conn)
     .await?;
     Ok(n > 0)

@@ -88,7 +88,7 @@ pub enum AtHead {
 /// PostgreSQL only: appends `events` (already linked from `expected` and `expected_hash`)
 /// in one statement, if the head is still at `expected` with that hash (so a batch linked
 /// to a predecessor that was not written never matches) and every basis in `bases` (by
-/// event index) still holds in the statement's snapshot. One statement is its own
+/// event index) still holds in the statement's snapshot (delegations unexpired at `now`). One statement is its own
 /// transaction, so the head update, the events and the head hash (by trigger) commit
 /// together. The text never changes with the number of events (they travel as JSON
 /// parameters), so it is prepared once per connection.
@@ -98,6 +98,7 @@ pub async fn append_at_head<'e, E>(
     expected_hash: &[u8],
     events: &[EventRow],
     bases: &[(usize, &Basis)],
+    now: i64,
 ) -> Result<AtHead, sqlx::Error>
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
@@ -139,7 +140,7 @@ where
          WHERE a.id = b.agent AND a.secret_hash = decode(b.secret, 'hex') \
          AND d.token_hash = decode(b.token, 'hex') AND d.agent_id = a.id \
          AND c.user_id = d.user_id AND c.id = b.conn AND c.generation = b.gen \
-         AND c.kek_version = b.kek AND c.status = b.status)), \
+         AND c.kek_version = b.kek AND c.status = b.status AND d.expires_at > $6)), \
          h AS (UPDATE audit_head SET seq = $2 WHERE id = 1 AND seq = $1 AND hash = $4 \
          AND NOT EXISTS (SELECT 1 FROM stale) RETURNING seq), \
          ins AS (INSERT INTO audit_event (seq, at_ms, kind, actor, subject, outcome, \
@@ -157,6 +158,7 @@ where
     .bind(json)
     .bind(expected_hash)
     .bind(conditions)
+    .bind(now)
     .fetch_one(e)
     .await?;
     let written: i64 = row.try_get("written")?;

@@ -685,6 +685,7 @@ async fn agents_end_to_end(site: Site) {
     let release = || call(&app, "POST", "/v1/credentials/acme", &hs, json!({}));
     assert_eq!(release().await.status, StatusCode::OK);
     let before = released(&site).await;
+    let reuses = state.agents.reuses();
     crate::support::sql(
         &site.url,
         "UPDATE connection SET status = 'reauth_required'",
@@ -705,6 +706,9 @@ async fn agents_end_to_end(site: Site) {
     )
     .await;
     crate::support::sql(&site.url, "DELETE FROM delegation").await;
+    // The last use is old enough to be written again: the release takes the journal's
+    // transaction path (the other one on PostgreSQL), which checks the rows too.
+    clock.advance(strongbox::executor::LAST_USE_STEP + 1);
     let r = release().await;
     assert_eq!(
         (r.status, r.json["code"].as_str()),
@@ -719,8 +723,70 @@ async fn agents_end_to_end(site: Site) {
     .await;
     crate::support::sql(&site.url, "DROP TABLE kept_delegation").await;
     assert_eq!(release().await.status, StatusCode::OK);
-    // Two releases were recorded, none on the changed rows.
-    assert_eq!(released(&site).await, before + 2);
+    assert_eq!(release().await.status, StatusCode::OK);
+    // Three releases were recorded, none on the changed rows; releases did start from
+    // kept rows (the two after a change, found stale, and the last one).
+    assert_eq!(released(&site).await, before + 3);
+    assert_eq!(state.agents.reuses(), reuses + 3, "kept rows were not used");
+
+    // Releases read together, some on delegations revoked since their rows were kept:
+    // those are taken out of their batch and refused on a fresh read, the rest are
+    // written (and the chain still verifies, below).
+    let mut dlgs = Vec::new();
+    for _ in 0..4 {
+        let dlg = delegate(&state, &user, "bot", &[], 900).await;
+        let r = call(
+            &app,
+            "POST",
+            "/v1/credentials/acme",
+            &[("authorization", &auth), ("strongbox-delegation", &dlg)],
+            json!({}),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        dlgs.push(dlg);
+    }
+    let before = released(&site).await;
+    for dlg in &dlgs[..2] {
+        let digest = ring::digest::digest(&ring::digest::SHA256, dlg.as_bytes());
+        let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        let literal = match site.engine {
+            crate::support::Engine::Sqlite => format!("X'{hex}'"),
+            crate::support::Engine::Postgres => format!("'\\x{hex}'::bytea"),
+        };
+        crate::support::sql(
+            &site.url,
+            &format!("DELETE FROM delegation WHERE token_hash = {literal}"),
+        )
+        .await;
+    }
+    let tasks: Vec<_> = (0..12)
+        .map(|i| {
+            let app = app.clone();
+            let (auth, dlg) = (auth.clone(), dlgs[i % 4].clone());
+            tokio::spawn(async move {
+                let r = call(
+                    &app,
+                    "POST",
+                    "/v1/credentials/acme",
+                    &[("authorization", &auth), ("strongbox-delegation", &dlg)],
+                    json!({}),
+                )
+                .await;
+                (i % 4, r.status, r.json["code"].as_str().map(str::to_owned))
+            })
+        })
+        .collect();
+    for t in tasks {
+        match t.await.unwrap() {
+            (0 | 1, status, code) => assert_eq!(
+                (status, code.as_deref()),
+                (StatusCode::UNAUTHORIZED, Some("delegation_invalid"))
+            ),
+            (_, status, _) => assert_eq!(status, StatusCode::OK),
+        }
+    }
+    assert_eq!(released(&site).await, before + 6);
 
     // Expiry: 20 concurrent releases cause exactly one refresh, and all get its token.
     for cycle in 1..=2 {
