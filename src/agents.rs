@@ -19,11 +19,12 @@
 //! decided again from a fresh read. Either way a revocation committed before the release
 //! is written is seen, and nothing leaves without its event.
 
+mod lookups;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use serde_json::json;
-use tokio::sync::{mpsc, oneshot};
 use zeroize::Zeroizing;
 
 use crate::audit::{self, Actor, Event, Kind};
@@ -32,6 +33,7 @@ use crate::crypto::{CryptoError, constant_time_eq, random_text, sha256};
 use crate::secret::{AgentSecret, DelegationToken};
 use crate::store::agents::{self as rows, AgentRow, Basis, DelegationRow, RequestKey, RequestRows};
 use crate::store::{Conn, Db};
+use lookups::Lookups;
 
 /// Default and longest delegation lifetimes, in seconds.
 pub const DEFAULT_TTL: i64 = 15 * 60;
@@ -166,74 +168,6 @@ pub fn token_text(token: &DelegationToken) -> Zeroizing<String> {
 /// An agent secret as printed once by `strongbox agents add`.
 pub fn secret_text(secret: &AgentSecret) -> Zeroizing<String> {
     Zeroizing::new(secret.reveal().to_owned())
-}
-
-/// Lookups running at once; each reads every request waiting when it starts.
-const READERS: usize = 2;
-
-struct Lookup {
-    key: RequestKey,
-    done: oneshot::Sender<Result<Option<RequestRows>, String>>,
-}
-
-/// Reads agent-request rows for many requests with one statement: a request waits for a
-/// reader, and a reader takes every request waiting when it starts. A read always starts
-/// after the request arrived, so a revocation committed before it is always seen.
-struct Lookups {
-    queue: mpsc::Sender<Lookup>,
-}
-
-impl Lookups {
-    fn start(db: &Db) -> Lookups {
-        let (queue, rx) = mpsc::channel(64 * rows::MAX_KEYS);
-        let rx = Arc::new(tokio::sync::Mutex::new(rx));
-        for _ in 0..READERS {
-            tokio::spawn(read(db.clone(), Arc::clone(&rx)));
-        }
-        Lookups { queue }
-    }
-
-    async fn get(&self, key: RequestKey) -> Result<Option<RequestRows>, AgentError> {
-        let stopped = || AgentError::Lookup("the reader has stopped".into());
-        let (done, answer) = oneshot::channel();
-        self.queue
-            .send(Lookup { key, done })
-            .await
-            .map_err(|_| stopped())?;
-        answer
-            .await
-            .map_err(|_| stopped())?
-            .map_err(AgentError::Lookup)
-    }
-}
-
-async fn read(db: Db, rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Lookup>>>) {
-    let mut batch = Vec::with_capacity(rows::MAX_KEYS);
-    loop {
-        if rx.lock().await.recv_many(&mut batch, rows::MAX_KEYS).await == 0 {
-            return;
-        }
-        let mut keys: Vec<RequestKey> = batch.iter().map(|l| l.key.clone()).collect();
-        keys.sort_unstable();
-        keys.dedup();
-        let found = rows::request_rows_many(db.pool(), &keys)
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "agent request lookup failed");
-                "database error".to_owned()
-            });
-        for l in batch.drain(..) {
-            let answer = match &found {
-                Ok(found) => Ok(found
-                    .iter()
-                    .find(|(k, _)| *k == l.key)
-                    .map(|(_, r)| r.clone())),
-                Err(e) => Err(e.clone()),
-            };
-            // The request may have gone away.
-            let _ = l.done.send(answer);
-        }
-    }
 }
 
 /// The agent registry and delegations.

@@ -273,6 +273,18 @@ async fn delegate(
     strongbox::agents::token_text(&token).to_string()
 }
 
+/// `POST /v1/credentials/acme` as the agent authenticated by `auth`, on delegation `dlg`.
+async fn release_as(app: &axum::Router, auth: &str, dlg: &str) -> Reply {
+    call(
+        app,
+        "POST",
+        "/v1/credentials/acme",
+        &[("authorization", auth), ("strongbox-delegation", dlg)],
+        json!({}),
+    )
+    .await
+}
+
 /// How many releases the audit trail holds.
 async fn released(site: &Site) -> i64 {
     crate::support::count(
@@ -735,14 +747,7 @@ async fn agents_end_to_end(site: Site) {
     let mut dlgs = Vec::new();
     for _ in 0..4 {
         let dlg = delegate(&state, &user, "bot", &[], 900).await;
-        let r = call(
-            &app,
-            "POST",
-            "/v1/credentials/acme",
-            &[("authorization", &auth), ("strongbox-delegation", &dlg)],
-            json!({}),
-        )
-        .await;
+        let r = release_as(&app, &auth, &dlg).await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.text);
         dlgs.push(dlg);
     }
@@ -765,14 +770,7 @@ async fn agents_end_to_end(site: Site) {
             let app = app.clone();
             let (auth, dlg) = (auth.clone(), dlgs[i % 4].clone());
             tokio::spawn(async move {
-                let r = call(
-                    &app,
-                    "POST",
-                    "/v1/credentials/acme",
-                    &[("authorization", &auth), ("strongbox-delegation", &dlg)],
-                    json!({}),
-                )
-                .await;
+                let r = release_as(&app, &auth, &dlg).await;
                 (i % 4, r.status, r.json["code"].as_str().map(str::to_owned))
             })
         })
@@ -796,16 +794,7 @@ async fn agents_end_to_end(site: Site) {
             .map(|_| {
                 let app = app.clone();
                 let (auth, dlg) = (auth.clone(), dlg.clone());
-                tokio::spawn(async move {
-                    call(
-                        &app,
-                        "POST",
-                        "/v1/credentials/acme",
-                        &[("authorization", &auth), ("strongbox-delegation", &dlg)],
-                        json!({}),
-                    )
-                    .await
-                })
+                tokio::spawn(async move { release_as(&app, &auth, &dlg).await })
             })
             .collect();
         let mut tokens = std::collections::HashSet::new();
