@@ -270,7 +270,8 @@ async fn bench(name: &str, url: &str, seconds: u64) {
     let policies = tempfile::tempdir().unwrap();
     std::fs::write(policies.path().join("bench.cedar"), POLICY).unwrap();
     let config = strongbox::config::Config::from_toml(&format!(
-        "policies_dir = \"{}\"\nagent_rate_limit = 1000000\n\
+        "policies_dir = \"{}\"\n\
+         [limits]\nsignin_per_second = 0\nagent_user_per_second = 0\nagent_per_second = 0\n\
          [providers.acme]\nkind = \"oauth2\"\nclient_id = \"cid\"\nclient_secret = \"cs\"\n\
          authorize_url = \"http://127.0.0.1:9/a\"\ntoken_url = \"http://127.0.0.1:9/t\"\n",
         policies.path().display()

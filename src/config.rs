@@ -56,7 +56,7 @@ pub struct Config {
     pub database_url: String,
     pub keys_dir: PathBuf,
     pub policies_dir: PathBuf,
-    pub admins: Vec<String>,
+    pub admins: Vec<AdminRule>,
     pub vault: VaultSettings,
     /// Seconds.
     pub session_idle_timeout: i64,
@@ -67,8 +67,8 @@ pub struct Config {
     /// Seconds a call to a provider's token, userinfo, discovery, JWKS or revocation
     /// endpoint may take (`provider_timeout`, default 10s).
     pub provider_timeout: i64,
-    /// Requests per second each agent may make to `/v1/*` (bursts of twice that).
-    pub agent_rate_limit: u32,
+    /// Request rate limits (`[limits]`).
+    pub limits: Limits,
     pub providers: BTreeMap<String, ProviderConfig>,
     pub tools: BTreeMap<String, ToolConfig>,
 }
@@ -96,8 +96,11 @@ struct RawConfig {
     log: RawLog,
     #[serde(default = "default_provider_timeout")]
     provider_timeout: DurationText,
-    #[serde(default = "default_agent_rate_limit")]
-    agent_rate_limit: u32,
+    #[serde(default)]
+    limits: RawLimits,
+    /// Replaced by `[limits]`; kept only to name its successor when an old file sets it.
+    #[serde(default)]
+    agent_rate_limit: Option<serde::de::IgnoredAny>,
     #[serde(default)]
     providers: BTreeMap<String, ProviderConfig>,
     #[serde(default)]
@@ -106,9 +109,6 @@ struct RawConfig {
 
 fn default_public_url() -> String {
     "http://127.0.0.1:8080".into()
-}
-fn default_agent_rate_limit() -> u32 {
-    100
 }
 fn default_provider_timeout() -> DurationText {
     DurationText::Text("10s".into())
@@ -124,6 +124,144 @@ fn default_keys_dir() -> PathBuf {
 }
 fn default_policies_dir() -> PathBuf {
     "policies".into()
+}
+
+/// One `admins` entry: an identity whose user has the admin role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminRule {
+    /// `provider:sub:SUBJECT`, or the older bare `provider:SUBJECT`: the provider's stable
+    /// subject identifier.
+    Subject { provider: String, subject: String },
+    /// `provider:email:ADDRESS`: an email address the provider says is verified (compared
+    /// without regard to case).
+    Email { provider: String, email: String },
+}
+
+impl AdminRule {
+    fn parse(text: &str) -> Result<AdminRule, ConfigError> {
+        let bad = || {
+            invalid(
+                "admins",
+                format!("{text:?} is not provider:sub:SUBJECT or provider:email:ADDRESS"),
+            )
+        };
+        let (provider, rest) = text.split_once(':').ok_or_else(bad)?;
+        let provider = provider.to_owned();
+        let rule = if let Some(email) = rest.strip_prefix("email:") {
+            AdminRule::Email {
+                provider,
+                email: email.to_owned(),
+            }
+        } else {
+            let subject = rest.strip_prefix("sub:").unwrap_or(rest);
+            AdminRule::Subject {
+                provider,
+                subject: subject.to_owned(),
+            }
+        };
+        match &rule {
+            AdminRule::Subject {
+                provider,
+                subject: v,
+            }
+            | AdminRule::Email { provider, email: v }
+                if provider.is_empty() || v.is_empty() =>
+            {
+                Err(bad())
+            }
+            _ => Ok(rule),
+        }
+    }
+
+    /// Whether an identity (`provider`, `subject`, `email` and whether the provider said
+    /// that email is verified) is this admin.
+    pub fn matches(
+        &self,
+        provider: &str,
+        subject: &str,
+        email: Option<&str>,
+        email_verified: bool,
+    ) -> bool {
+        match self {
+            AdminRule::Subject {
+                provider: p,
+                subject: s,
+            } => p == provider && s == subject,
+            AdminRule::Email {
+                provider: p,
+                email: e,
+            } => {
+                p == provider && email_verified && email.is_some_and(|m| m.eq_ignore_ascii_case(e))
+            }
+        }
+    }
+}
+
+/// Request rate limits (SPEC §3, `[limits]`). A rate of 0 turns that limit off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Requests a second per client address on the sign-in routes.
+    pub signin_per_second: u32,
+    /// Requests a client address may make at once before `signin_per_second` applies.
+    pub signin_burst: u32,
+    /// Requests a second per (agent, user) on `/v1/*`, in bursts of twice that.
+    pub agent_user_per_second: u32,
+    /// Requests a second per agent across all its users, in bursts of twice that.
+    pub agent_per_second: u32,
+    /// Proxies whose `X-Forwarded-For` / `Forwarded` headers name the client address.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            signin_per_second: 10,
+            signin_burst: 100,
+            agent_user_per_second: 50,
+            agent_per_second: 0,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    signin_per_second: Option<u32>,
+    signin_burst: Option<u32>,
+    agent_user_per_second: Option<u32>,
+    agent_per_second: Option<u32>,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
+}
+
+impl RawLimits {
+    fn parse(self) -> Result<Limits, ConfigError> {
+        let d = Limits::default();
+        let mut trusted_proxies = Vec::with_capacity(self.trusted_proxies.len());
+        for text in &self.trusted_proxies {
+            // A bare address is a one-address network.
+            let net = text
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    invalid(
+                        "limits.trusted_proxies",
+                        format!("{text:?} is not an address or CIDR (e.g. \"10.0.0.0/8\")"),
+                    )
+                })?;
+            trusted_proxies.push(net.trunc());
+        }
+        Ok(Limits {
+            signin_per_second: self.signin_per_second.unwrap_or(d.signin_per_second),
+            signin_burst: self.signin_burst.unwrap_or(d.signin_burst),
+            agent_user_per_second: self
+                .agent_user_per_second
+                .unwrap_or(d.agent_user_per_second),
+            agent_per_second: self.agent_per_second.unwrap_or(d.agent_per_second),
+            trusted_proxies,
+        })
+    }
 }
 
 /// A duration as written in config: `90d`, `30m`, `3s`, or a bare number of seconds.
@@ -278,6 +416,11 @@ pub struct ToolConfig {
     pub query: Vec<String>,
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// What the tool does, shown to agents.
+    pub description: Option<String>,
+    /// Descriptions of its arguments, by name.
+    #[serde(default)]
+    pub args: BTreeMap<String, String>,
 }
 
 /// Parses `90d`, `30m`, `12h`, `3s`, `2w`, `1h30m` or a bare number of seconds.
@@ -347,6 +490,12 @@ impl Config {
         let raw: RawConfig = figment
             .extract()
             .map_err(|e| ConfigError::Parse(e.to_string()))?;
+        if raw.agent_rate_limit.is_some() {
+            return Err(invalid(
+                "agent_rate_limit",
+                "replaced by [limits] agent_user_per_second (per agent and user) and agent_per_second (per agent)",
+            ));
+        }
         let https = match raw.public_url.split_once("://") {
             Some(("https", rest)) if !rest.is_empty() => true,
             Some(("http", rest)) if !rest.is_empty() => false,
@@ -397,7 +546,11 @@ impl Config {
             database_url: raw.database_url,
             keys_dir: raw.keys_dir,
             policies_dir: raw.policies_dir,
-            admins: raw.admins,
+            admins: raw
+                .admins
+                .iter()
+                .map(|a| AdminRule::parse(a))
+                .collect::<Result<_, _>>()?,
             vault: VaultSettings {
                 cipher,
                 rotation_period: duration("vault.rotation_period", &raw.vault.rotation_period)?,
@@ -410,10 +563,7 @@ impl Config {
             )?,
             log_format,
             log_level: raw.log.level.unwrap_or_else(|| "info".into()),
-            agent_rate_limit: match raw.agent_rate_limit {
-                0 => return Err(invalid("agent_rate_limit", "must be at least 1")),
-                n => n,
-            },
+            limits: raw.limits.parse()?,
             provider_timeout: match duration("provider_timeout", &raw.provider_timeout)? {
                 0 => return Err(invalid("provider_timeout", "must be at least 1s")),
                 n => n,
@@ -438,14 +588,20 @@ impl Config {
                 &p.issuer,
                 &p.jwks_url,
             ];
-            if urls
-                .into_iter()
-                .flatten()
-                .any(|u| !u.starts_with("https://"))
-            {
+            if let Some(url) = urls.into_iter().flatten().find(|u| !secure_endpoint(u)) {
                 return Err(invalid(
                     format!("providers.{name}"),
-                    "provider endpoints must be https:// when public_url is https",
+                    format!(
+                        "{url:?}: provider endpoints must be https:// when public_url is https (plain http only on loopback)"
+                    ),
+                ));
+            }
+        }
+        for (name, t) in &self.tools {
+            if !secure_endpoint(&t.url) {
+                return Err(invalid(
+                    format!("tools.\"{name}\".url"),
+                    "tool URLs must be https:// when public_url is https (plain http only on loopback)",
                 ));
             }
         }
@@ -461,6 +617,25 @@ impl Config {
     /// The database URL with any password replaced, for logs and messages.
     pub fn database_url_redacted(&self) -> String {
         redact_url(&self.database_url)
+    }
+}
+
+/// Whether `url` may carry credentials from a production deployment: https, or plain
+/// http to a loopback address (127.0.0.0/8, ::1, `localhost`), which never leaves the
+/// machine (a local identity provider, a sidecar, a test provider).
+pub fn secure_endpoint(url: &str) -> bool {
+    let Ok(parsed) = reqwest::Url::parse(url) else {
+        return false;
+    };
+    match parsed.scheme() {
+        "https" => true,
+        "http" => match parsed.host() {
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+            None => false,
+        },
+        _ => false,
     }
 }
 
@@ -504,7 +679,7 @@ mod tests {
             r#"
             public_url = "https://vault.example"
             listen = "0.0.0.0:8443"
-            admins = ["google:alice@example.com"]
+            admins = ["google:email:alice@example.com", "github:sub:583231"]
             [vault]
             cipher = "chacha20-poly1305"
             rotation_period = "30d"
@@ -563,6 +738,110 @@ mod tests {
         .unwrap();
         let err = c.production_guards().unwrap_err().to_string();
         assert!(err.contains("must be https://"), "{err}");
+    }
+
+    #[test]
+    fn limits_default_parse_and_replace_agent_rate_limit() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(
+            (c.limits.signin_per_second, c.limits.signin_burst),
+            (10, 100)
+        );
+        assert_eq!(
+            (c.limits.agent_user_per_second, c.limits.agent_per_second),
+            (50, 0)
+        );
+        let c = Config::from_toml(
+            "[limits]\nsignin_per_second = 0\nagent_per_second = 500\n\
+             trusted_proxies = [\"10.0.0.0/8\", \"192.168.1.7\", \"fd00::/8\"]",
+        )
+        .unwrap();
+        assert_eq!(c.limits.signin_per_second, 0);
+        assert_eq!(c.limits.agent_per_second, 500);
+        assert_eq!(c.limits.agent_user_per_second, 50);
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let trusted = |a: &str| c.limits.trusted_proxies.iter().any(|n| n.contains(&ip(a)));
+        assert!(trusted("10.200.0.1") && trusted("192.168.1.7") && trusted("fd12::1"));
+        assert!(!trusted("192.168.1.8") && !trusted("11.0.0.1"));
+        let err = Config::from_toml("[limits]\ntrusted_proxies = [\"10.0.0.0/33\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("limits.trusted_proxies"), "{err}");
+        let err = Config::from_toml("agent_rate_limit = 100")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("[limits] agent_user_per_second"), "{err}");
+        let err = Config::from_toml("[limits]\nper_second = 1")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("per_second"), "{err}");
+    }
+
+    #[test]
+    fn admin_entries_name_a_subject_or_a_verified_email() {
+        let c = Config::from_toml(
+            r#"admins = ["google:email:Alice@Example.com", "github:sub:583231", "acme:alice@example.com"]"#,
+        )
+        .unwrap();
+        let [email, sub, bare] = c.admins.as_slice() else {
+            panic!("three rules")
+        };
+        assert!(email.matches("google", "1234", Some("alice@example.com"), true));
+        assert!(!email.matches("google", "1234", Some("alice@example.com"), false));
+        assert!(!email.matches("google", "alice@example.com", None, false));
+        assert!(!email.matches("github", "1", Some("alice@example.com"), true));
+        assert!(sub.matches("github", "583231", None, false));
+        assert!(!sub.matches("github", "5832311", None, false));
+        assert!(!sub.matches("google", "583231", None, false));
+        // The older bare form names a subject only, never an email.
+        assert!(bare.matches("acme", "alice@example.com", None, false));
+        assert!(!bare.matches("acme", "42", Some("alice@example.com"), true));
+        for bad in ["nocolon", ":x", "google:", "google:email:", "google:sub:"] {
+            let err = Config::from_toml(&format!("admins = [{bad:?}]"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("admins"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn plain_http_endpoints_only_on_loopback_in_production() {
+        for ok in [
+            "https://idp.example/token",
+            "http://127.0.0.1:9000/token",
+            "http://127.8.9.10/x",
+            "http://[::1]:8080/x",
+            "http://localhost:3000/x",
+            "http://LOCALHOST/x",
+        ] {
+            assert!(secure_endpoint(ok), "{ok}");
+        }
+        for bad in [
+            "http://10.0.0.1/token",
+            "http://localhost.evil.example/x",
+            "http://127.0.0.1.evil.example/x",
+            "http://[::2]/x",
+            "ftp://127.0.0.1/x",
+            "not a url",
+        ] {
+            assert!(!secure_endpoint(bad), "{bad}");
+        }
+        let c = Config::from_toml(
+            "public_url = \"https://v.example\"\n[providers.acme]\nkind = \"oauth2\"\n\
+             client_id = \"x\"\nclient_secret_env = \"ACME\"\n\
+             authorize_url = \"http://127.0.0.1:9/a\"\ntoken_url = \"http://localhost:9/t\"\n\
+             [tools.\"acme.me\"]\nprovider = \"acme\"\nmethod = \"GET\"\nurl = \"http://127.0.0.1:9/me\"",
+        )
+        .unwrap();
+        c.production_guards().unwrap();
+        let c = Config::from_toml(
+            "public_url = \"https://v.example\"\n\
+             [tools.\"x.me\"]\nprovider = \"spotify\"\nmethod = \"GET\"\nurl = \"http://api.example/me\"",
+        )
+        .unwrap();
+        let err = c.production_guards().unwrap_err().to_string();
+        assert!(err.contains("tools.\"x.me\".url"), "{err}");
     }
 
     #[test]

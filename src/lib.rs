@@ -29,6 +29,7 @@ pub mod error;
 pub mod executor;
 pub mod http;
 pub mod journal;
+pub mod limits;
 pub mod oauth;
 pub mod oidc;
 pub mod policy;

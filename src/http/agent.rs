@@ -29,6 +29,8 @@ pub struct AgentRequest {
     bearer: Option<AgentSecret>,
     delegation: Option<DelegationToken>,
     request_id: String,
+    /// The client address, for the limit on failed authentications.
+    client: std::net::IpAddr,
 }
 
 fn request_id(parts: &Parts) -> String {
@@ -47,7 +49,7 @@ fn request_id(parts: &Parts) -> String {
 impl FromRequestParts<AppState> for AgentRequest {
     type Rejection = Error;
 
-    async fn from_request_parts(parts: &mut Parts, _app: &AppState) -> Result<Self, Error> {
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, Error> {
         let text = |name: &str| {
             parts
                 .headers
@@ -65,6 +67,7 @@ impl FromRequestParts<AppState> for AgentRequest {
             }),
             delegation: text(DELEGATION_HEADER).map(DelegationToken::new),
             request_id: request_id(parts),
+            client: super::guard::client_address_of(app, parts),
         })
     }
 }
@@ -82,29 +85,46 @@ enum Read {
 }
 
 impl AgentRequest {
-    /// Checks, in this order: the agent secret (401), the agent's rate limit (429), the
-    /// delegation (401/403). One database read also returns the delegating user's
-    /// connection to `provider`.
+    /// Checks, in this order: the client address's budget of failed authentications
+    /// (429, before anything costs a read; only requests with no or an unknown agent
+    /// secret spend it), the agent secret (401), the delegation
+    /// (401/403), the (agent, user) and per-agent rate limits (429). One database read
+    /// also returns the delegating user's connection to `provider`.
     async fn check(
         &self,
         app: &AppState,
         provider: &str,
         read: Read,
     ) -> Result<(Caller, Option<SealedCredential>), Error> {
-        let bearer = self.bearer.as_ref().ok_or(Error::AgentUnauthorized)?;
+        let limits = &app.limits;
+        if read != Read::Again {
+            limits
+                .before_authentication(self.client)
+                .map_err(|w| Error::RateLimited(w.0))?;
+        }
+        let Some(bearer) = self.bearer.as_ref() else {
+            limits.authentication_failed(self.client);
+            return Err(Error::AgentUnauthorized);
+        };
         let token = self.delegation.as_ref().map_or("", DelegationToken::reveal);
         let resolution = app
             .agents
             .resolve(bearer.reveal(), token, provider, read == Read::Reuse)
             .await?;
-        let agent = match &resolution {
-            Resolution::Unauthenticated => return Err(Error::AgentUnauthorized),
-            Resolution::Refused(agent, _) | Resolution::Accepted { agent, .. } => agent,
-        };
         if read != Read::Again {
-            app.agent_limiter
-                .take(agent.name.clone())
-                .map_err(Error::RateLimited)?;
+            match &resolution {
+                Resolution::Unauthenticated => limits.authentication_failed(self.client),
+                // The agent authenticated: a refused delegation is its own business and
+                // must not block its address for the users whose delegations are fine.
+                Resolution::Refused(agent, _) => limits
+                    .agent_ceiling(&agent.name)
+                    .map_err(|w| Error::RateLimited(w.0))?,
+                Resolution::Accepted {
+                    agent, delegation, ..
+                } => limits
+                    .agent(&agent.name, &delegation.user_id)
+                    .map_err(|w| Error::RateLimited(w.0))?,
+            }
         }
         match resolution {
             Resolution::Unauthenticated => Err(Error::AgentUnauthorized),
@@ -176,6 +196,32 @@ pub async fn run_tool(
         .run(&caller, &app.policies, tool, url, connection)
         .await?;
     Ok(Json(out).into_response())
+}
+
+/// `GET /v1/tools` — the tools the caller's delegation covers, with what each does and
+/// the JSON Schema of its arguments.
+pub async fn list_tools(
+    State(app): State<AppState>,
+    request: AgentRequest,
+) -> Result<Json<Value>, Error> {
+    // No provider is asked about, so no connection is read.
+    let (caller, _) = request.check(&app, "", Read::Fresh).await?;
+    let tools: Vec<Value> = caller
+        .delegation
+        .tools
+        .iter()
+        .filter_map(|name| app.tools.get(name))
+        .map(|t| {
+            json!({
+                "name": t.name,
+                "description": t.description,
+                "input_schema": t.input_schema(),
+                "provider": t.provider,
+                "scopes": t.scopes,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "tools": tools })))
 }
 
 #[derive(Debug, Default, Deserialize)]

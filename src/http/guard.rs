@@ -1,15 +1,12 @@
-//! Request guards: a per-IP rate limit for the sign-in routes and a cap on query size.
-//!
-//! The limiter is a token bucket per client address (from the TCP peer, never from a
-//! forwarded header a client could forge). Buckets are kept in memory per instance and
-//! pruned when the map grows, which bounds memory under a flood of addresses.
+//! Request guards: the sign-in routes' rate limit per client address, and a cap on query
+//! size. The limiters themselves and how the client address is found are in
+//! [`crate::limits`].
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Mutex;
-use std::time::Instant;
 
 use axum::extract::{ConnectInfo, Request, State};
+use axum::http::HeaderMap;
+use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -20,72 +17,36 @@ use crate::error::Error;
 pub const MAX_QUERY: usize = 4096;
 /// Largest request body accepted, in bytes.
 pub const MAX_BODY: usize = 64 * 1024;
-const MAX_TRACKED: usize = 100_000;
 
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    at: Instant,
+/// The client address of a request (see [`crate::limits`]): the TCP peer, or what a
+/// trusted proxy in front of it says.
+pub fn client_address(
+    app: &AppState,
+    connect: Option<&ConnectInfo<SocketAddr>>,
+    headers: &HeaderMap,
+) -> IpAddr {
+    let peer = connect.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
+    let values = |name: &'static str| {
+        headers
+            .get_all(name)
+            .into_iter()
+            .filter_map(|v| v.to_str().ok())
+    };
+    app.limits
+        .client_address(peer, values("x-forwarded-for"), values("forwarded"))
 }
 
-/// Token buckets by key: client address for sign-in routes, agent for `/v1`.
-#[derive(Debug)]
-pub struct RateLimiter<K = IpAddr> {
-    per_second: f64,
-    burst: f64,
-    buckets: Mutex<HashMap<K, Bucket>>,
+/// [`client_address`] from a request's parts.
+pub fn client_address_of(app: &AppState, parts: &Parts) -> IpAddr {
+    client_address(app, parts.extensions.get(), &parts.headers)
 }
 
-impl<K: std::hash::Hash + Eq> RateLimiter<K> {
-    pub fn new(per_second: f64, burst: u32) -> RateLimiter<K> {
-        RateLimiter {
-            per_second,
-            burst: f64::from(burst),
-            buckets: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Takes one token for `ip`; `Err(seconds)` to wait when the bucket is empty.
-    pub fn take(&self, ip: K) -> Result<(), u64> {
-        let now = Instant::now();
-        let Ok(mut map) = self.buckets.lock() else {
-            return Ok(());
-        };
-        if map.len() >= MAX_TRACKED {
-            let (rate, burst) = (self.per_second, self.burst);
-            map.retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * rate < burst);
-        }
-        let b = map.entry(ip).or_insert(Bucket {
-            tokens: self.burst,
-            at: now,
-        });
-        b.tokens =
-            (b.tokens + now.duration_since(b.at).as_secs_f64() * self.per_second).min(self.burst);
-        b.at = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            Ok(())
-        } else {
-            // Whole seconds until one token is back, at least one.
-            let wait = ((1.0 - b.tokens) / self.per_second).ceil();
-            Err(if wait.is_finite() && wait >= 1.0 {
-                wait as u64
-            } else {
-                1
-            })
-        }
-    }
-}
-
-/// Rate-limits by the TCP peer's address.
+/// Rate-limits the sign-in routes per client address.
 pub async fn rate_limit(State(app): State<AppState>, req: Request, next: Next) -> Response {
-    let ip = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
-    match app.limiter.take(ip) {
+    let client = client_address(&app, req.extensions().get(), req.headers());
+    match app.limits.signin(client) {
         Ok(()) => next.run(req).await,
-        Err(wait) => Error::RateLimited(wait).into_response(),
+        Err(wait) => Error::RateLimited(wait.0).into_response(),
     }
 }
 
@@ -95,21 +56,4 @@ pub async fn limit_query(req: Request, next: Next) -> Response {
         return Error::TooLarge.into_response();
     }
     next.run(req).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn buckets_refill_and_are_per_address() {
-        let l = RateLimiter::new(1.0, 3);
-        let a: IpAddr = "10.0.0.1".parse().unwrap();
-        let b: IpAddr = "10.0.0.2".parse().unwrap();
-        for _ in 0..3 {
-            assert!(l.take(a).is_ok());
-        }
-        assert_eq!(l.take(a), Err(1));
-        assert!(l.take(b).is_ok(), "another address has its own bucket");
-    }
 }

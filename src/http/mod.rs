@@ -33,14 +33,13 @@ pub struct AppState {
     pub vault: Arc<Vault>,
     pub sessions: Arc<Sessions>,
     pub oauth: Arc<OAuth>,
-    pub limiter: Arc<guard::RateLimiter>,
+    /// Rate limits of every kind (`[limits]`).
+    pub limits: Arc<crate::limits::Limiters>,
     pub clock: Arc<dyn Clock>,
     pub agents: Arc<crate::agents::Agents>,
     pub policies: Arc<crate::policy::Policies>,
     pub tools: Arc<std::collections::BTreeMap<String, crate::tools::Tool>>,
     pub broker: Arc<crate::executor::Broker>,
-    /// Per-agent limit on `/v1/*`.
-    pub agent_limiter: Arc<guard::RateLimiter<String>>,
     /// The Content-Security-Policy, computed once from the configured providers.
     csp: HeaderValue,
 }
@@ -109,23 +108,21 @@ impl AppState {
         .map_err(|e| {
             crate::config::ConfigError::Parse(format!("cannot build the HTTP client: {e}"))
         })?;
-        let rate = config.agent_rate_limit;
+        let limits = Arc::new(crate::limits::Limiters::new(
+            &config.limits,
+            Arc::clone(&clock),
+        ));
         Ok(AppState {
             agents: Arc::new(crate::agents::Agents::new(db.clone(), Arc::clone(&clock))),
             policies: Arc::new(policies),
             tools: Arc::new(tools),
             broker: Arc::new(broker),
-            agent_limiter: Arc::new(guard::RateLimiter::new(
-                f64::from(rate),
-                rate.saturating_mul(2),
-            )),
             config: Arc::new(config),
             db,
             vault,
             sessions,
             oauth,
-            // Sign-in routes: a burst of 20, then one request a second per address.
-            limiter: Arc::new(guard::RateLimiter::new(1.0, 20)),
+            limits,
             clock,
             csp,
         })
@@ -166,6 +163,7 @@ pub fn app(state: AppState) -> Router {
         .route("/admin/keys/rewrap", post(admin::rewrap))
         .route("/admin/audit", get(admin::audit_events))
         .route("/admin/users/{id}/revoke", post(admin::revoke_user))
+        .route("/v1/tools", get(agent::list_tools))
         .route("/v1/tools/{tool}/run", post(agent::run_tool))
         .route("/v1/credentials/{provider}", post(agent::release))
         .fallback(|| async { Error::NotFound })

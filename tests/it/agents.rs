@@ -177,7 +177,7 @@ fn config(site: &Site, base: &str) -> strongbox::config::Config {
     std::fs::create_dir_all(&policies).unwrap();
     std::fs::write(policies.join("agents.cedar"), POLICY).unwrap();
     strongbox::config::Config::from_toml(&format!(
-        "public_url = \"http://127.0.0.1:8080\"\npolicies_dir = \"{}\"\nagent_rate_limit = 1000\n\
+        "public_url = \"http://127.0.0.1:8080\"\npolicies_dir = \"{}\"\n[limits]\nagent_user_per_second = 1000\n\
          [providers.acme]\nkind = \"oauth2\"\nclient_id = \"cid\"\nclient_secret = \"csecret\"\nlogin = true\n\
          authorize_url = \"{base}/authorize\"\ntoken_url = \"{base}/token\"\nuserinfo_url = \"{base}/userinfo\"\n\
          scopes = [\"openid\", \"email\"]\n\
@@ -998,8 +998,8 @@ mod refresh_across_instances {
     }
 }
 
-/// `/v1/*` is rate-limited per agent: a burst of twice `agent_rate_limit`, then 429 with
-/// `Retry-After`; another agent is not affected.
+/// `/v1/*` is rate-limited per (agent, user): a burst of twice `agent_user_per_second`,
+/// then 429 with `Retry-After`; another agent is not affected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_agent_rate_limit() {
     let site = Site::new(crate::support::Engine::Sqlite).await.unwrap();
@@ -1007,7 +1007,7 @@ async fn per_agent_rate_limit() {
     site.ok(&["keys", "init"]);
     let clock = ManualClock::at_unix(START);
     let mut config = config(&site, &base);
-    config.agent_rate_limit = 2;
+    config.limits.agent_user_per_second = 2;
     let clock_dyn: Arc<dyn Clock> = Arc::new(clock.clone());
     let state =
         strongbox::AppState::build(config, site.db().await, site.vault().await, clock_dyn).unwrap();

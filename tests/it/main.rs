@@ -14,6 +14,7 @@ mod browser;
 mod cli;
 mod kat;
 mod leak;
+mod limits;
 mod oauth;
 mod oidc;
 mod quirks;

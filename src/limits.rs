@@ -1,0 +1,473 @@
+//! Request rate limits (SPEC §3, `[limits]`) and the client address they are keyed by.
+//!
+//! Four keyed limiters, each off when its rate is 0:
+//! - sign-in routes, per client address (`signin_per_second`, `signin_burst`);
+//! - agent routes, per (agent, user) (`agent_user_per_second`, bursts of twice that), so one
+//!   chat backend serving many users is limited per user, not in total;
+//! - agent routes, per agent across its users (`agent_per_second`, default off);
+//! - failed agent authentications (no or an unknown agent secret), per client address, at
+//!   the sign-in rates: an address whose failures ran out of budget is refused *before* its
+//!   next request costs a database read, while an agent that authenticates is never slowed
+//!   by its address.
+//!
+//! The client address is the TCP peer, or, only when the peer is a trusted proxy, the
+//! right-most untrusted address its `X-Forwarded-For` (or, without one, `Forwarded`)
+//! header names. A client can write anything into those headers, but only the hops a
+//! trusted proxy appended are believed, so a forged entry to their left changes nothing.
+//!
+//! Limiters live in memory per instance (GCRA from `governor`) and run on the injected
+//! [`Clock`], so tests move time instead of sleeping.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use governor::clock::Reference;
+use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
+use governor::state::keyed::DashMapStateStore;
+use governor::{Quota, RateLimiter};
+use ipnet::IpNet;
+
+use crate::clock::Clock;
+use crate::config::Limits;
+
+/// Keys tracked per limiter before idle ones are pruned (checked every [`PRUNE_EVERY`]).
+const MAX_TRACKED: usize = 100_000;
+const PRUNE_EVERY: u32 = 1024;
+
+/// Seconds to wait before the next request may pass (for `Retry-After`), at least 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wait(pub u64);
+
+/// Nanoseconds since the Unix epoch on the injected clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Instant(u64);
+
+impl std::ops::Add<Nanos> for Instant {
+    type Output = Instant;
+    fn add(self, other: Nanos) -> Instant {
+        Instant(self.0.saturating_add(other.as_u64()))
+    }
+}
+
+impl Reference for Instant {
+    fn duration_since(&self, earlier: Self) -> Nanos {
+        Nanos::from(self.0.saturating_sub(earlier.0))
+    }
+    fn saturating_sub(&self, duration: Nanos) -> Self {
+        Instant(self.0.saturating_sub(duration.as_u64()))
+    }
+}
+
+/// The service's [`Clock`] as a `governor` clock.
+#[derive(Clone)]
+pub struct LimitClock(Arc<dyn Clock>);
+
+impl governor::clock::Clock for LimitClock {
+    type Instant = Instant;
+    fn now(&self) -> Instant {
+        let nanos = self.0.now().unix_timestamp_nanos();
+        Instant(u64::try_from(nanos.max(0)).unwrap_or(u64::MAX))
+    }
+}
+
+/// One keyed limiter.
+struct Keyed<K: Hash + Eq + Clone> {
+    limiter: RateLimiter<K, DashMapStateStore<K>, LimitClock, NoOpMiddleware<Instant>>,
+    clock: LimitClock,
+    calls: AtomicU32,
+}
+
+impl<K: Hash + Eq + Clone> Keyed<K> {
+    /// `None` when `per_second` is 0 (the limit is off).
+    fn new(per_second: u32, burst: u32, clock: &LimitClock) -> Option<Keyed<K>> {
+        let rate = NonZeroU32::new(per_second)?;
+        let burst = NonZeroU32::new(burst).unwrap_or(rate);
+        Some(Keyed {
+            limiter: RateLimiter::new(
+                Quota::per_second(rate).allow_burst(burst),
+                DashMapStateStore::default(),
+                clock.clone(),
+            ),
+            clock: clock.clone(),
+            calls: AtomicU32::new(0),
+        })
+    }
+
+    fn take(&self, key: &K) -> Result<(), Wait> {
+        if self
+            .calls
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(PRUNE_EVERY)
+            && self.limiter.len() > MAX_TRACKED
+        {
+            // Keys whose bucket is full again carry no information.
+            self.limiter.retain_recent();
+        }
+        self.limiter.check_key(key).map_err(|not_until| {
+            use governor::clock::Clock as _;
+            Wait(whole_seconds(not_until.wait_time_from(self.clock.now())))
+        })
+    }
+}
+
+fn whole_seconds(d: Duration) -> u64 {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    secs.max(1)
+}
+
+/// Every limiter of one instance, built from `[limits]`.
+pub struct Limiters {
+    signin: Option<Keyed<IpAddr>>,
+    agent_user: Option<Keyed<(String, String)>>,
+    agent: Option<Keyed<String>>,
+    failures: Option<Keyed<IpAddr>>,
+    /// Addresses whose failed authentications ran out, with when they may try again.
+    blocked: Mutex<HashMap<IpAddr, Instant>>,
+    clock: LimitClock,
+    trusted_proxies: Vec<IpNet>,
+}
+
+impl Limiters {
+    pub fn new(limits: &Limits, clock: Arc<dyn Clock>) -> Limiters {
+        let clock = LimitClock(clock);
+        let twice = |n: u32| n.saturating_mul(2);
+        Limiters {
+            signin: Keyed::new(limits.signin_per_second, limits.signin_burst, &clock),
+            agent_user: Keyed::new(
+                limits.agent_user_per_second,
+                twice(limits.agent_user_per_second),
+                &clock,
+            ),
+            agent: Keyed::new(
+                limits.agent_per_second,
+                twice(limits.agent_per_second),
+                &clock,
+            ),
+            failures: Keyed::new(limits.signin_per_second, limits.signin_burst, &clock),
+            blocked: Mutex::new(HashMap::new()),
+            clock,
+            trusted_proxies: limits.trusted_proxies.clone(),
+        }
+    }
+
+    /// One sign-in route request from `client`.
+    pub fn signin(&self, client: IpAddr) -> Result<(), Wait> {
+        self.signin.as_ref().map_or(Ok(()), |l| l.take(&client))
+    }
+
+    /// One agent request for `user`: the per-(agent, user) limit, then the agent's ceiling.
+    pub fn agent(&self, agent: &str, user: &str) -> Result<(), Wait> {
+        if let Some(l) = &self.agent_user {
+            l.take(&(agent.to_owned(), user.to_owned()))?;
+        }
+        self.agent_ceiling(agent)
+    }
+
+    /// One agent request counted against the agent's ceiling only (no user is known).
+    pub fn agent_ceiling(&self, agent: &str) -> Result<(), Wait> {
+        self.agent
+            .as_ref()
+            .map_or(Ok(()), |l| l.take(&agent.to_owned()))
+    }
+
+    /// Before authenticating a request from `client`: refused while that address's failed
+    /// authentications are over budget, without any further cost.
+    pub fn before_authentication(&self, client: IpAddr) -> Result<(), Wait> {
+        use governor::clock::Clock as _;
+        let Ok(mut blocked) = self.blocked.lock() else {
+            return Ok(());
+        };
+        let Some(until) = blocked.get(&client).copied() else {
+            return Ok(());
+        };
+        let now = self.clock.now();
+        if now < until {
+            return Err(Wait(whole_seconds(Duration::from_nanos(
+                until.duration_since(now).as_u64(),
+            ))));
+        }
+        blocked.remove(&client);
+        Ok(())
+    }
+
+    /// A request from `client` failed authentication (no agent has its secret, or its
+    /// delegation was refused). Once the address's budget is spent it is refused before
+    /// authentication until the budget refills.
+    pub fn authentication_failed(&self, client: IpAddr) {
+        use governor::clock::Clock as _;
+        let Some(l) = &self.failures else { return };
+        if let Err(Wait(seconds)) = l.take(&client) {
+            let until = self.clock.now() + Nanos::from(Duration::from_secs(seconds));
+            if let Ok(mut blocked) = self.blocked.lock() {
+                if blocked.len() >= MAX_TRACKED {
+                    let now = self.clock.now();
+                    blocked.retain(|_, u| *u > now);
+                }
+                blocked.insert(client, until);
+            }
+        }
+    }
+
+    /// The client address of a request from TCP peer `peer`, given its `X-Forwarded-For`
+    /// and `Forwarded` header values (see the module docs).
+    pub fn client_address<'a>(
+        &self,
+        peer: IpAddr,
+        forwarded_for: impl Iterator<Item = &'a str>,
+        forwarded: impl Iterator<Item = &'a str>,
+    ) -> IpAddr {
+        client_address(peer, forwarded_for, forwarded, &self.trusted_proxies)
+    }
+}
+
+/// See [`Limiters::client_address`].
+pub fn client_address<'a>(
+    peer: IpAddr,
+    forwarded_for: impl Iterator<Item = &'a str>,
+    forwarded: impl Iterator<Item = &'a str>,
+    trusted: &[IpNet],
+) -> IpAddr {
+    let peer = peer.to_canonical();
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    // Several header lines form one list, in order (RFC 9110 §5.3).
+    let xff: Vec<Option<IpAddr>> = forwarded_for
+        .flat_map(|v| v.split(','))
+        .map(|hop| parse_hop(hop.trim()))
+        .collect();
+    let hops = if xff.is_empty() {
+        forwarded
+            .flat_map(|v| v.split(','))
+            .map(forwarded_for_param)
+            .collect()
+    } else {
+        xff
+    };
+    let mut client = peer;
+    for hop in hops.into_iter().rev() {
+        match hop {
+            // Whatever a trusted hop says is believed; the first untrusted one is the client.
+            Some(ip) if is_trusted(&ip) => client = ip,
+            Some(ip) => return ip,
+            // An entry that is not an address ("unknown", an obfuscated name, garbage): the
+            // last trusted hop is as far as the chain can be followed.
+            None => return client,
+        }
+    }
+    client
+}
+
+/// One `X-Forwarded-For` entry: an address, or an address with a port.
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    hop.parse::<IpAddr>()
+        .ok()
+        .or_else(|| hop.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))
+        .map(|ip| ip.to_canonical())
+}
+
+/// The `for=` parameter of one `Forwarded` element (RFC 7239 §4, §6).
+fn forwarded_for_param(element: &str) -> Option<IpAddr> {
+    let value = element.split(';').find_map(|pair| {
+        let (key, value) = pair.trim().split_once('=')?;
+        key.trim()
+            .eq_ignore_ascii_case("for")
+            .then_some(value.trim())
+    })?;
+    let value = value.trim_matches('"');
+    if let Some(rest) = value.strip_prefix('[') {
+        let (ip, _port) = rest.split_once(']')?;
+        return ip
+            .parse::<std::net::Ipv6Addr>()
+            .ok()
+            .map(|ip| IpAddr::V6(ip).to_canonical());
+    }
+    parse_hop(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn nets(list: &[&str]) -> Vec<IpNet> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn untrusted_peer_is_the_client_whatever_it_forwards() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        let got = client_address(
+            ip("203.0.113.7"),
+            ["1.2.3.4"].into_iter(),
+            ["for=5.6.7.8"].into_iter(),
+            &trusted,
+        );
+        assert_eq!(got, ip("203.0.113.7"));
+        // No trusted proxies at all: the peer, always.
+        let got = client_address(ip("10.0.0.1"), ["1.2.3.4"].into_iter(), [].into_iter(), &[]);
+        assert_eq!(got, ip("10.0.0.1"));
+    }
+
+    #[test]
+    fn trusted_proxy_the_rightmost_untrusted_hop_counts() {
+        let trusted = nets(&["10.0.0.0/8", "192.168.0.0/16"]);
+        // The client forged "6.6.6.6"; the proxies appended what they saw.
+        let got = client_address(
+            ip("10.0.0.1"),
+            ["6.6.6.6, 198.51.100.9", "192.168.1.1"].into_iter(),
+            [].into_iter(),
+            &trusted,
+        );
+        assert_eq!(got, ip("198.51.100.9"));
+        // With a port, and IPv6 in brackets.
+        let got = client_address(
+            ip("10.0.0.1"),
+            ["[2001:db8::1]:443"].into_iter(),
+            [].into_iter(),
+            &trusted,
+        );
+        assert_eq!(got, ip("2001:db8::1"));
+        // Every hop trusted: the left-most.
+        let got = client_address(
+            ip("10.0.0.1"),
+            ["192.168.5.5, 10.1.1.1"].into_iter(),
+            [].into_iter(),
+            &trusted,
+        );
+        assert_eq!(got, ip("192.168.5.5"));
+        // Garbage where an address should be: stop at the last trusted hop.
+        let got = client_address(
+            ip("10.0.0.1"),
+            ["1.1.1.1, unknown, 10.2.2.2"].into_iter(),
+            [].into_iter(),
+            &trusted,
+        );
+        assert_eq!(got, ip("10.2.2.2"));
+        // An IPv4-mapped peer is its IPv4 address.
+        let got = client_address(
+            ip("::ffff:10.0.0.1"),
+            ["198.51.100.1"].into_iter(),
+            [].into_iter(),
+            &trusted,
+        );
+        assert_eq!(got, ip("198.51.100.1"));
+    }
+
+    #[test]
+    fn forwarded_header_when_there_is_no_x_forwarded_for() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        let got = client_address(
+            ip("10.0.0.1"),
+            [].into_iter(),
+            [r#"for=6.6.6.6, for="[2001:db8:cafe::17]:4711";proto=https, For=10.0.0.2"#]
+                .into_iter(),
+            &trusted,
+        );
+        assert_eq!(got, ip("2001:db8:cafe::17"));
+        let got = client_address(
+            ip("10.0.0.1"),
+            [].into_iter(),
+            ["for=_hidden, for=10.0.0.3"].into_iter(),
+            &trusted,
+        );
+        assert_eq!(got, ip("10.0.0.3"));
+    }
+
+    fn limiters(limits: Limits) -> (Limiters, ManualClock) {
+        let clock = ManualClock::at_unix(1_700_000_000);
+        (Limiters::new(&limits, Arc::new(clock.clone())), clock)
+    }
+
+    #[test]
+    fn signin_burst_then_rate_per_address_and_zero_is_off() {
+        let (l, clock) = limiters(Limits {
+            signin_per_second: 2,
+            signin_burst: 5,
+            ..Limits::default()
+        });
+        let a = ip("192.0.2.1");
+        for _ in 0..5 {
+            l.signin(a).unwrap();
+        }
+        assert_eq!(l.signin(a), Err(Wait(1)));
+        l.signin(ip("192.0.2.2"))
+            .expect("another address has its own bucket");
+        clock.advance(1);
+        l.signin(a).unwrap();
+        l.signin(a).unwrap();
+        assert!(l.signin(a).is_err());
+
+        let (off, _) = limiters(Limits {
+            signin_per_second: 0,
+            agent_user_per_second: 0,
+            ..Limits::default()
+        });
+        for _ in 0..10_000 {
+            off.signin(a).unwrap();
+            off.agent("bot", "u1").unwrap();
+        }
+    }
+
+    #[test]
+    fn agents_per_user_with_an_optional_ceiling() {
+        let (l, _) = limiters(Limits {
+            agent_user_per_second: 2,
+            agent_per_second: 0,
+            ..Limits::default()
+        });
+        for _ in 0..4 {
+            l.agent("bot", "u1").unwrap();
+        }
+        assert!(l.agent("bot", "u1").is_err(), "bursts of twice the rate");
+        l.agent("bot", "u2")
+            .expect("another user has its own bucket");
+        l.agent("other", "u1")
+            .expect("another agent has its own bucket");
+
+        let (l, _) = limiters(Limits {
+            agent_user_per_second: 100,
+            agent_per_second: 3,
+            ..Limits::default()
+        });
+        for u in 0..6 {
+            l.agent("bot", &format!("u{u}")).unwrap();
+        }
+        assert!(
+            l.agent("bot", "u7").is_err(),
+            "the agent's ceiling spans users"
+        );
+    }
+
+    #[test]
+    fn failed_authentications_block_the_address_before_the_next_attempt() {
+        let (l, clock) = limiters(Limits {
+            signin_per_second: 1,
+            signin_burst: 3,
+            ..Limits::default()
+        });
+        let a = ip("198.51.100.4");
+        for _ in 0..3 {
+            l.before_authentication(a).unwrap();
+            l.authentication_failed(a);
+        }
+        l.before_authentication(a).unwrap();
+        l.authentication_failed(a); // over budget: blocked from now on
+        assert_eq!(l.before_authentication(a), Err(Wait(1)));
+        l.before_authentication(ip("198.51.100.5"))
+            .expect("other addresses are not blocked");
+        clock.advance(1);
+        l.before_authentication(a).expect("the budget refilled");
+    }
+}
