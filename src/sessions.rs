@@ -18,7 +18,8 @@ use crate::secret::SessionToken;
 use crate::store::sessions::{self as rows, SessionRow};
 use crate::store::{Conn, Db};
 
-/// How often, at most, a session's `last_seen_at` is written.
+/// How often, at most, a session's `last_seen_at` is written, unless the idle timeout
+/// is short (see [`Timeouts::touch_interval`]).
 const TOUCH_INTERVAL: i64 = 60;
 
 /// A live session, as looked up from its cookie.
@@ -58,6 +59,14 @@ pub struct SessionInfo {
 pub struct Timeouts {
     pub idle: i64,
     pub absolute: i64,
+}
+
+impl Timeouts {
+    /// Seconds between writes of `last_seen_at`: at most a tenth of the idle timeout, so a
+    /// session in use is never ended for idleness because its last use went unwritten.
+    pub fn touch_interval(&self) -> i64 {
+        TOUCH_INTERVAL.min(self.idle / 10).max(0)
+    }
 }
 
 /// The session service.
@@ -135,7 +144,7 @@ impl Sessions {
             rows::delete_by_token(self.db.pool(), &hash).await?;
             return Ok(None);
         }
-        rows::touch(self.db.pool(), &hash, now, TOUCH_INTERVAL).await?;
+        rows::touch(self.db.pool(), &hash, now, self.timeouts.touch_interval()).await?;
         Ok(Some(row.into()))
     }
 
@@ -265,6 +274,26 @@ mod tests {
             }
         }
 
+        async fn a_session_in_use_outlives_a_short_idle_timeout(t: TestDb) {
+            let clock = ManualClock::at_unix(1_800_000_000);
+            let mut tx = t.db.begin().await.unwrap();
+            users::insert(&mut tx, "alice", 0).await.unwrap();
+            tx.commit().await.unwrap();
+            let s = Sessions::new(
+                t.db.clone(),
+                Arc::new(clock.clone()),
+                Timeouts { idle: 3, absolute: ABSOLUTE },
+            );
+            let (tok, _) = sign_in(&s, &t.db, None, "alice").await;
+            // Used every second for a minute: every use counts, none ends it.
+            for second in 0..60 {
+                clock.advance(1);
+                assert!(s.resume(&tok).await.unwrap().is_some(), "ended at {second}s");
+            }
+            clock.advance(3);
+            assert!(s.resume(&tok).await.unwrap().is_none(), "idle 3 s ends it");
+        }
+
         async fn list_end_and_sign_out_everywhere(t: TestDb) {
             let (s, _) = setup(&t.db).await;
             let (a1, _) = sign_in(&s, &t.db, None, "alice").await;
@@ -286,6 +315,20 @@ mod tests {
                 .fetch_all(t.db.pool()).await.unwrap();
             assert!(stored.iter().all(|h| h.len() == 32 && h.as_slice() != b1.reveal().as_bytes()));
         }
+    }
+
+    #[test]
+    fn last_seen_is_written_well_within_the_idle_timeout() {
+        let t = |idle| {
+            Timeouts {
+                idle,
+                absolute: ABSOLUTE,
+            }
+            .touch_interval()
+        };
+        assert_eq!(t(1_800), 60);
+        assert_eq!(t(300), 30);
+        assert_eq!(t(3), 0);
     }
 
     #[test]
