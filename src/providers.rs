@@ -53,12 +53,25 @@ pub struct ClaimNames {
     pub subject: &'static str,
     pub email: &'static str,
     pub name: &'static str,
+    /// The boolean userinfo field by which this provider says the email is verified;
+    /// `None` when it says nothing of the kind, so its emails never count as verified
+    /// (for `admins` entries by email). A field of the same name elsewhere means nothing.
+    pub email_verified: Option<&'static str>,
+}
+
+impl ClaimNames {
+    /// Whether a userinfo document says the email is verified, in this provider's field.
+    pub fn says_email_verified(&self, userinfo: &serde_json::Value) -> bool {
+        self.email_verified
+            .is_some_and(|k| userinfo.get(k).and_then(serde_json::Value::as_bool) == Some(true))
+    }
 }
 
 const OIDC_CLAIMS: ClaimNames = ClaimNames {
     subject: "sub",
     email: "email",
     name: "name",
+    email_verified: Some("email_verified"),
 };
 
 /// Behaviour that differs between providers.
@@ -154,6 +167,8 @@ pub const CATALOGUE: &[Entry] = &[
             subject: "id",
             email: "email",
             name: "username",
+            // Discord's `verified` is about the account's email address.
+            email_verified: Some("verified"),
         },
         quirks: Quirks {
             token_wants_json_accept: false,
@@ -179,6 +194,7 @@ pub const CATALOGUE: &[Entry] = &[
             subject: "id",
             email: "email",
             name: "display_name",
+            email_verified: None,
         },
         quirks: Quirks {
             token_wants_json_accept: false,
@@ -204,6 +220,8 @@ pub const CATALOGUE: &[Entry] = &[
             subject: "id",
             email: "email",
             name: "login",
+            // `/user` shows the public email and says nothing of its verification.
+            email_verified: None,
         },
         quirks: Quirks {
             token_wants_json_accept: true,
@@ -496,6 +514,31 @@ mod tests {
         assert!(p["acme"].configured && !p["acme"].builtin);
         assert_eq!(p["legacy"].scopes, ["a", "b"]);
         assert!(!p["legacy"].configured);
+    }
+
+    #[test]
+    fn email_verified_is_read_from_each_providers_own_field() {
+        let c = Config::from_toml(
+            "[providers.acme]\nkind = \"oauth2\"\nclient_id = \"x\"\n\
+             authorize_url = \"https://a.example/a\"\ntoken_url = \"https://a.example/t\"\n\
+             [providers.discord]\nclient_id = \"x\"\n[providers.github]\nclient_id = \"x\"",
+        )
+        .unwrap();
+        let p = resolve(&c).unwrap();
+        let says = |name: &str, doc: serde_json::Value| p[name].claims.says_email_verified(&doc);
+        let verified_field = serde_json::json!({"email": "a@b.example", "verified": true});
+        let oidc_field = serde_json::json!({"email": "a@b.example", "email_verified": true});
+        // A generic provider's `verified` may mean anything: it does not count.
+        assert!(!says("acme", verified_field.clone()));
+        assert!(says("acme", oidc_field.clone()));
+        assert!(says("discord", verified_field.clone()));
+        assert!(!says("discord", oidc_field.clone()));
+        assert!(!says("github", verified_field) && !says("github", oidc_field));
+        assert!(says("google", serde_json::json!({"email_verified": true})));
+        assert!(!says(
+            "google",
+            serde_json::json!({"email_verified": "yes"})
+        ));
     }
 
     #[test]

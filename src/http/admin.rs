@@ -42,13 +42,10 @@ pub async fn is_admin(app: &AppState, user_id: &str) -> Result<bool, Error> {
     }
     let keys = identities::keys_of(app.db.pool(), user_id).await?;
     Ok(keys.iter().any(|(provider, subject, email, verified)| {
-        app.config.admins.iter().any(|a| {
-            a == &format!("{provider}:{subject}")
-                || (*verified
-                    && email
-                        .as_ref()
-                        .is_some_and(|e| a.eq_ignore_ascii_case(&format!("{provider}:{e}"))))
-        })
+        app.config
+            .admins
+            .iter()
+            .any(|rule| rule.matches(provider, subject, email.as_deref(), *verified))
     }))
 }
 

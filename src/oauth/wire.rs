@@ -173,9 +173,7 @@ impl OAuth {
         };
         let subject =
             field(names.subject).ok_or_else(|| OAuthError::ProviderFailed("no_subject".into()))?;
-        let verified = ["email_verified", "verified"]
-            .iter()
-            .any(|k| json.get(*k).and_then(Value::as_bool) == Some(true));
+        let verified = names.says_email_verified(&json);
         Ok(Person {
             subject,
             email: field(names.email),

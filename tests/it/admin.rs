@@ -232,3 +232,42 @@ mod admin_routes {
         }
     }
 }
+
+/// `provider:email:ADDRESS` names a verified email; the bare `provider:X` form names a
+/// subject only, so an email that happens to equal it grants nothing.
+#[tokio::test]
+async fn admin_entries_by_verified_email_or_subject() {
+    let site = Site::new(crate::support::Engine::Sqlite).await.unwrap();
+    let (base, provider) = start_provider().await;
+    site.ok(&["keys", "init"]);
+    let config = strongbox::config::Config::from_toml(&format!(
+        "public_url = \"http://127.0.0.1:8080\"\n\
+         admins = [\"acme:email:ALICE-sub@example.com\", \"acme:bob-sub@example.com\", \"acme:sub:carol-sub\"]\n\
+         [providers.acme]\nkind = \"oauth2\"\nclient_id = \"cid\"\nclient_secret = \"csecret\"\nlogin = true\n\
+         authorize_url = \"{base}/authorize\"\ntoken_url = \"{base}/token\"\nuserinfo_url = \"{base}/userinfo\"\n\
+         scopes = [\"openid\", \"email\"]\n"
+    ))
+    .unwrap();
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let state =
+        strongbox::AppState::build(config, site.db().await, site.vault().await, clock).unwrap();
+    let b = Browser {
+        app: strongbox::app(state),
+    };
+    // The provider says each user's email is `{subject}@example.com`, verified.
+    let mut admin = Vec::new();
+    for subject in ["alice-sub", "bob-sub", "carol-sub"] {
+        provider.lock().unwrap().next_subject = subject.into();
+        let cookie = b.sign_in_with("acme").await.unwrap();
+        let r = b.send("GET", "/admin/keys", Some(&cookie), &[]).await;
+        admin.push((subject, r.status));
+    }
+    assert_eq!(
+        admin,
+        [
+            ("alice-sub", StatusCode::OK),
+            ("bob-sub", StatusCode::FORBIDDEN),
+            ("carol-sub", StatusCode::OK),
+        ]
+    );
+}
