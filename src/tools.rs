@@ -27,6 +27,10 @@ pub struct Tool {
     segments: Vec<Segment>,
     pub query: Vec<String>,
     pub scopes: Vec<String>,
+    /// What the tool does, for agents choosing one (`GET /v1/tools`, MCP `tools/list`).
+    pub description: String,
+    /// Descriptions of arguments, by name (each a path argument or a query name).
+    pub arg_descriptions: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +54,8 @@ struct Builtin {
     url: &'static str,
     query: &'static [&'static str],
     scopes: &'static [&'static str],
+    description: &'static str,
+    args: &'static [(&'static str, &'static str)],
 }
 
 /// Built-in tools; config entries with the same name replace them.
@@ -61,6 +67,8 @@ const BUILTIN: &[Builtin] = &[
         url: "https://api.spotify.com/v1/me",
         query: &[],
         scopes: &["user-read-private"],
+        description: "The signed-in Spotify user's profile: id, display name, country, subscription level (product) and follower count. Use it to greet the user or to learn which Spotify account is connected.",
+        args: &[],
     },
     Builtin {
         name: "google.calendar.events",
@@ -69,6 +77,21 @@ const BUILTIN: &[Builtin] = &[
         url: "https://www.googleapis.com/calendar/v3/calendars/{calendar_id}/events",
         query: &["maxResults", "timeMin"],
         scopes: &["https://www.googleapis.com/auth/calendar.readonly"],
+        description: "Events of one of the user's Google calendars, in Google Calendar API v3 form (summary, start, end, attendees, location). Use `primary` for the main calendar.",
+        args: &[
+            (
+                "calendar_id",
+                "The calendar: `primary`, or a calendar id such as an email address.",
+            ),
+            (
+                "maxResults",
+                "The most events to return (1-2500; the API's default is 250).",
+            ),
+            (
+                "timeMin",
+                "Only events ending after this RFC 3339 time, e.g. 2026-12-01T00:00:00Z.",
+            ),
+        ],
     },
     Builtin {
         name: "github.user",
@@ -77,6 +100,8 @@ const BUILTIN: &[Builtin] = &[
         url: "https://api.github.com/user",
         query: &[],
         scopes: &["read:user"],
+        description: "The signed-in GitHub user's profile: login, name, public email, company, bio, public repository and follower counts.",
+        args: &[],
     },
     Builtin {
         name: "discord.me",
@@ -85,6 +110,8 @@ const BUILTIN: &[Builtin] = &[
         url: "https://discord.com/api/users/@me",
         query: &[],
         scopes: &["identify"],
+        description: "The signed-in Discord user: id, username, global display name, avatar and locale.",
+        args: &[],
     },
     Builtin {
         name: "microsoft.me",
@@ -93,6 +120,8 @@ const BUILTIN: &[Builtin] = &[
         url: "https://graph.microsoft.com/v1.0/me",
         query: &[],
         scopes: &["User.Read"],
+        description: "The signed-in Microsoft account's profile from Microsoft Graph: display name, given and family name, email (mail), user principal name, job title and office location.",
+        args: &[],
     },
 ];
 
@@ -103,8 +132,10 @@ fn invalid(name: &str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
+/// Tool names match `^[A-Za-z0-9_.-]{1,64}$` (SPEC §11): they travel as MCP tool names
+/// and OAuth scopes (`tool:NAME`).
 fn valid_tool_name(name: &str) -> bool {
-    (1..=128).contains(&name.len())
+    (1..=64).contains(&name.len())
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
@@ -123,7 +154,7 @@ impl Tool {
         if !valid_tool_name(name) {
             return Err(invalid(
                 name,
-                "tool names are letters, digits, '.', '-' and '_'",
+                "tool names are 1 to 64 letters, digits, '.', '-' and '_'",
             ));
         }
         let method = match method.to_ascii_uppercase().as_str() {
@@ -182,6 +213,57 @@ impl Tool {
             segments,
             query,
             scopes,
+            description: String::new(),
+            arg_descriptions: BTreeMap::new(),
+        })
+    }
+
+    /// Adds the tool's description and its arguments' descriptions; every described
+    /// argument must be one of the tool's. Without a description, one is made from the
+    /// method and URL.
+    pub fn described(
+        mut self,
+        description: Option<&str>,
+        args: BTreeMap<String, String>,
+    ) -> Result<Tool, ConfigError> {
+        if let Some(unknown) = args
+            .keys()
+            .find(|a| !self.path_args().any(|p| p == a.as_str()) && !self.query.contains(a))
+        {
+            return Err(invalid(
+                &self.name,
+                format!("args.{unknown}: not a path argument or query name of this tool"),
+            ));
+        }
+        self.description = match description.map(str::trim) {
+            Some(d) if !d.is_empty() => d.to_owned(),
+            _ => format!("{} {} on {}", self.method, self.url, self.provider),
+        };
+        self.arg_descriptions = args;
+        Ok(self)
+    }
+
+    /// The JSON Schema of the tool's arguments: path arguments are required strings,
+    /// query names optional strings, and nothing else is accepted.
+    pub fn input_schema(&self) -> Value {
+        let mut properties = serde_json::Map::new();
+        let args = self
+            .path_args()
+            .chain(self.query.iter().map(String::as_str));
+        for name in args {
+            let mut prop = serde_json::Map::new();
+            prop.insert("type".into(), Value::from("string"));
+            if let Some(d) = self.arg_descriptions.get(name) {
+                prop.insert("description".into(), Value::from(d.as_str()));
+            }
+            properties.insert(name.to_owned(), Value::Object(prop));
+        }
+        let required: Vec<Value> = self.path_args().map(Value::from).collect();
+        serde_json::json!({
+            "type": "object",
+            "properties": properties,
+            "required": required,
+            "additionalProperties": false,
         })
     }
 
@@ -314,6 +396,13 @@ pub fn resolve(config: &Config) -> Result<BTreeMap<String, Tool>, ConfigError> {
             b.url,
             owned(b.query),
             owned(b.scopes),
+        )?
+        .described(
+            Some(b.description),
+            b.args
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         )?;
         out.insert(b.name.to_owned(), tool);
     }
@@ -325,7 +414,8 @@ pub fn resolve(config: &Config) -> Result<BTreeMap<String, Tool>, ConfigError> {
             &t.url,
             t.query.clone(),
             t.scopes.clone(),
-        )?;
+        )?
+        .described(t.description.as_deref(), t.args.clone())?;
         out.insert(name.clone(), tool);
     }
     Ok(out)
@@ -349,6 +439,56 @@ mod tests {
 
     fn args(v: Value) -> serde_json::Map<String, Value> {
         v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn descriptions_and_the_input_schema() {
+        let t = tool()
+            .described(
+                Some("  Events of a calendar. "),
+                [("calendar_id".to_owned(), "Which calendar".to_owned())].into(),
+            )
+            .unwrap();
+        assert_eq!(t.description, "Events of a calendar.");
+        assert_eq!(
+            t.input_schema(),
+            serde_json::json!({
+                "type": "object",
+                "properties": {
+                    "calendar_id": {"type": "string", "description": "Which calendar"},
+                    "maxResults": {"type": "string"},
+                },
+                "required": ["calendar_id"],
+                "additionalProperties": false,
+            })
+        );
+        let err = tool()
+            .described(None, [("nope".to_owned(), "x".to_owned())].into())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("args.nope"), "{err}");
+        let plain = tool().described(None, BTreeMap::new()).unwrap();
+        assert!(
+            plain
+                .description
+                .contains("GET https://api.example.com:8443/v3/")
+        );
+        // Every built-in tool has a description of its own and describes its arguments.
+        for t in resolve(&Config::from_toml("").unwrap()).unwrap().values() {
+            assert!(t.description.len() > 40, "{}", t.name);
+            for arg in t.path_args().chain(t.query.iter().map(String::as_str)) {
+                assert!(t.arg_descriptions.contains_key(arg), "{} {arg}", t.name);
+            }
+        }
+    }
+
+    #[test]
+    fn tool_names_are_at_most_64_characters() {
+        let make = |name: &str| {
+            Tool::new(name, "p", "GET", "https://api.example/x", vec![], vec![]).is_ok()
+        };
+        assert!(make(&"a".repeat(64)) && make("acme.items-v2_x"));
+        assert!(!make(&"a".repeat(65)) && !make("") && !make("a b") && !make("a/b"));
     }
 
     #[test]

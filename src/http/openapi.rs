@@ -269,6 +269,37 @@ fn ops() -> Vec<Op> {
             ],
         },
         Op {
+            method: "get",
+            path: "/v1/tools",
+            summary: "The tools the caller's delegation covers, with descriptions and argument schemas",
+            auth: AGENT,
+            body: None,
+            ok: (
+                200,
+                "The tools",
+                Some(obj(
+                    json!({"tools": {"type": "array", "items": obj(
+                        json!({
+                            "name": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"},
+                            "description": {"type": "string"},
+                            "input_schema": {"type": "object", "description": "JSON Schema of the arguments: path arguments are required strings, query names optional strings"},
+                            "provider": {"type": "string"},
+                            "scopes": strings(),
+                        }),
+                        &["name", "description", "input_schema", "provider", "scopes"],
+                    )}}),
+                    &["tools"],
+                )),
+            ),
+            errors: &[
+                (401, "unauthorized"),
+                (401, "delegation_invalid"),
+                (401, "delegation_expired"),
+                (403, "delegation_invalid"),
+                (429, "rate_limited"),
+            ],
+        },
+        Op {
             method: "post",
             path: "/v1/tools/{tool}/run",
             summary: "Run a tool in the delegating user's context",
