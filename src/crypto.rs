@@ -333,9 +333,11 @@ pub fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
     out
 }
 
-/// Constant-time equality for secrets and digests.
+/// Constant-time equality for secrets and digests (`subtle`, whose comparison the
+/// optimizer cannot turn into an early exit). Lengths are public and compared first.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    bool::from(a.ct_eq(b))
 }
 
 #[cfg(test)]
