@@ -31,7 +31,10 @@ async fn blocked(db: &crate::store::Db, n: i64) {
         if waiting >= n {
             return;
         }
-        assert!(Instant::now() < deadline, "{waiting} of {n} sessions blocked");
+        assert!(
+            Instant::now() < deadline,
+            "{waiting} of {n} sessions blocked"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -104,16 +107,25 @@ async fn interleave(
 /// Every live KEK is sealed under `root`, and a vault holding only `root` opens the record.
 async fn all_under(t: &TestDb, root: RootKey) {
     let id = root.id();
-    let live: Vec<(i64, String)> =
-        sqlx::query_as("SELECT version, root_key_id FROM kek WHERE state <> 'retired' ORDER BY version")
-            .fetch_all(t.db.pool())
-            .await
-            .unwrap();
+    let live: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT version, root_key_id FROM kek WHERE state <> 'retired' ORDER BY version",
+    )
+    .fetch_all(t.db.pool())
+    .await
+    .unwrap();
     for (version, under) in &live {
-        assert_eq!(under, &id, "KEK version {version} is left under the old root key");
+        assert_eq!(
+            under, &id,
+            "KEK version {version} is left under the old root key"
+        );
     }
     let clock: Arc<dyn crate::clock::Clock> = Arc::new(crate::clock::SystemClock);
-    let after = Arc::new(Vault::new(t.db.clone(), root, VaultSettings::default(), clock));
+    let after = Arc::new(Vault::new(
+        t.db.clone(),
+        root,
+        VaultSettings::default(),
+        clock,
+    ));
     after.check_ready().await.unwrap();
     assert_eq!(open(&after, "u", "p").await.unwrap().access, "tok");
     crate::audit::verify(&t.db).await.unwrap();

@@ -96,7 +96,10 @@ async fn released_ids(url: &str) -> Vec<String> {
 async fn all_audited(url: &str, ok: &BTreeSet<String>) -> usize {
     let events = released_ids(url).await;
     let audited: BTreeSet<&str> = events.iter().map(String::as_str).collect();
-    let missing: Vec<&String> = ok.iter().filter(|id| !audited.contains(id.as_str())).collect();
+    let missing: Vec<&String> = ok
+        .iter()
+        .filter(|id| !audited.contains(id.as_str()))
+        .collect();
     assert!(
         missing.is_empty(),
         "{} releases answered 200 without an audit event, e.g. {:?}",
@@ -123,14 +126,11 @@ impl PrivatePostgres {
             eprintln!("skipping: cannot run a private PostgreSQL instance: {why}");
             None
         };
-        let Some(bin) = std::fs::read_dir("/usr/lib/postgresql")
-            .ok()
-            .and_then(|d| {
-                d.filter_map(|e| e.ok().map(|e| e.path().join("bin")))
-                    .filter(|b| b.join("initdb").exists() && b.join("pg_ctl").exists())
-                    .max()
-            })
-        else {
+        let Some(bin) = std::fs::read_dir("/usr/lib/postgresql").ok().and_then(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+                .filter(|b| b.join("initdb").exists() && b.join("pg_ctl").exists())
+                .max()
+        }) else {
             return skip("no initdb and pg_ctl under /usr/lib/postgresql/*/bin".into());
         };
         let dir = tempfile::tempdir().unwrap();
@@ -150,7 +150,16 @@ impl PrivatePostgres {
         let data = pg.data();
         let init = pg
             .as_postgres("initdb")
-            .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync", "-D"])
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "-D",
+            ])
             .arg(&data)
             .output();
         match init {
@@ -196,7 +205,16 @@ impl PrivatePostgres {
             self.dir.path().display()
         );
         let log = self.dir.path().join("log");
-        self.pg_ctl(&["-w", "-t", "30", "-l", &log.to_string_lossy(), "-o", &options, "start"]);
+        self.pg_ctl(&[
+            "-w",
+            "-t",
+            "30",
+            "-l",
+            &log.to_string_lossy(),
+            "-o",
+            &options,
+            "start",
+        ]);
     }
 
     /// Stops it the hard way (as a crash would): no checkpoint, clients cut off.
@@ -294,7 +312,9 @@ async fn postgres_restart_under_releases() {
                     let resp = app.clone().oneshot(req).await.unwrap();
                     let answered = Instant::now();
                     let status = resp.status().as_u16();
-                    let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+                    let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+                        .await
+                        .unwrap();
                     let mut seen = seen.lock().unwrap();
                     if status == 200 {
                         let (down, up) = *window.lock().unwrap();
@@ -329,24 +349,32 @@ async fn postgres_restart_under_releases() {
     window.lock().unwrap().0 = Some(Instant::now());
     // Down until every worker has had a request refused (each waits at most the pool's
     // acquire timeout for a connection that cannot come).
-    wait_for("503s while the database is down", Duration::from_secs(15), || {
-        count(&seen).1 >= 8
-    })
+    wait_for(
+        "503s while the database is down",
+        Duration::from_secs(15),
+        || count(&seen).1 >= 8,
+    )
     .await;
     let (ok_down, _) = count(&seen);
     pg.up();
     window.lock().unwrap().1 = Some(Instant::now());
-    wait_for("releases after the restart", Duration::from_secs(15), || {
-        count(&seen).0 >= ok_down + 50
-    })
+    wait_for(
+        "releases after the restart",
+        Duration::from_secs(15),
+        || count(&seen).0 >= ok_down + 50,
+    )
     .await;
     stop.store(true, Ordering::Relaxed);
     for w in workers {
         w.await.unwrap();
     }
 
-    let seen = seen.lock().unwrap();
-    assert!(seen.ok_while_down.is_empty(), "200 while down: {:?}", seen.ok_while_down);
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    assert!(
+        seen.ok_while_down.is_empty(),
+        "200 while down: {:?}",
+        seen.ok_while_down
+    );
     for (status, body) in &seen.other {
         assert_eq!(*status, 503, "{body}");
         assert_eq!(body["code"], "database_unavailable", "{body}");
@@ -401,7 +429,13 @@ async fn serve_killed_under_releases(site: Site) {
     let ok: Arc<Mutex<BTreeSet<String>>> = Arc::default();
 
     let (mut child, addr) = serve(&site);
-    let load = tokio::spawn(releases(addr.clone(), auth.clone(), dlg.clone(), "a", Arc::clone(&ok)));
+    let load = tokio::spawn(releases(
+        addr.clone(),
+        auth.clone(),
+        dlg.clone(),
+        "a",
+        Arc::clone(&ok),
+    ));
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     let before = ok.lock().unwrap().len();
     child.kill().unwrap(); // SIGKILL, mid-load
@@ -458,7 +492,13 @@ fn serve(site: &Site) -> (std::process::Child, String) {
 
 /// 16 keep-alive connections releasing until the service goes away; the ids answered
 /// `200` go into `ok`.
-async fn releases(addr: String, auth: String, dlg: String, tag: &str, ok: Arc<Mutex<BTreeSet<String>>>) {
+async fn releases(
+    addr: String,
+    auth: String,
+    dlg: String,
+    tag: &str,
+    ok: Arc<Mutex<BTreeSet<String>>>,
+) {
     let tasks: Vec<_> = (0..16)
         .map(|c| {
             let (addr, auth, dlg, ok) = (addr.clone(), auth.clone(), dlg.clone(), Arc::clone(&ok));
@@ -523,7 +563,10 @@ async fn exchange(
             break;
         }
         if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-            len = v.trim().parse().map_err(|_| std::io::ErrorKind::InvalidData)?;
+            len = v
+                .trim()
+                .parse()
+                .map_err(|_| std::io::ErrorKind::InvalidData)?;
         }
     }
     let mut body = vec![0; len];
