@@ -266,13 +266,15 @@ pub enum VerifyError {
     Broken(#[from] Break),
 }
 
-/// Walks the whole trail and checks every link, hash and the head.
+/// Walks the trail up to the head as it was when the walk began, and checks every link,
+/// hash and that head. Events appended meanwhile (a live service) are left for the next
+/// run: they are not yet part of the head this run anchors to.
 pub async fn verify(db: &Db) -> Result<Verified, VerifyError> {
     let (head_seq, head_hash) = rows::head(db.pool()).await?;
     let mut prev = vec![0u8; 32];
     let mut last = 0i64;
     loop {
-        let page = rows::page(db.pool(), last, 5_000).await?;
+        let page = rows::page_through(db.pool(), last, head_seq, 5_000).await?;
         if page.is_empty() {
             break;
         }
@@ -437,6 +439,43 @@ mod tests {
                 assert_eq!(detail["text"], odd);
                 assert!(r.subject.starts_with(&format!("user:{odd}")), "{}", r.subject);
             }
+        }
+
+        async fn verify_while_events_are_appended(t: TestDb) {
+            // A live service keeps appending while `audit verify` walks the trail: each
+            // walk must stop at the head it read first and not report the newer events
+            // as a truncation.
+            let mut tx = t.db.begin().await.unwrap();
+            let seed: Vec<(i64, Event)> = (0..3_000)
+                .map(|i| (i, Event::new(Kind::ToolRun, Actor::Agent("a".into()), format!("user:{i}"))))
+                .collect();
+            append_many(&mut tx, seed).await.unwrap();
+            tx.commit().await.unwrap();
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let appender = {
+                let (db, stop) = (t.db.clone(), std::sync::Arc::clone(&stop));
+                tokio::spawn(async move {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let mut tx = db.begin().await.unwrap();
+                        append(&mut tx, 1, Event::new(Kind::ToolRun, Actor::Cli, "live")).await.unwrap();
+                        tx.commit().await.unwrap();
+                    }
+                })
+            };
+            let mut overlapped = 0;
+            for _ in 0..10 {
+                let before = rows::head(t.db.pool()).await.unwrap().0;
+                let v = verify(&t.db).await.unwrap();
+                let after = rows::head(t.db.pool()).await.unwrap().0;
+                assert!(v.events >= before && v.events <= after, "{before} <= {} <= {after}", v.events);
+                if after > before {
+                    overlapped += 1;
+                }
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            appender.await.unwrap();
+            assert!(overlapped > 0, "appends ran during the walks");
+            assert!(verify(&t.db).await.unwrap().events > 3_000);
         }
 
         async fn updates_and_deletes_are_refused(t: TestDb) {

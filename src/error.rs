@@ -74,8 +74,8 @@ pub enum Error {
     ProviderFailed(String),
     #[error("a refresh of this credential is in progress elsewhere; retry shortly")]
     RefreshBusy,
-    #[error("{0}")]
-    NotRecorded(String),
+    #[error(transparent)]
+    NotRecorded(crate::journal::NotRecorded),
     /// The agent, delegation or connection a release was decided on changed before it
     /// was recorded (the caller decides again; this reaches an agent only when that keeps
     /// happening).
@@ -100,8 +100,37 @@ pub struct Problem {
 }
 
 impl Error {
+    /// True when the request failed only because the database is out of reach (down,
+    /// restarting, or no connection free in time): a `503` the caller may retry as it is,
+    /// not a fault of the request or of the service's logic.
+    fn database_unavailable(&self) -> bool {
+        use crate::store::is_unavailable;
+        match self {
+            Error::Database(e)
+            | Error::Vault(VaultError::Database(e))
+            | Error::Agents(crate::agents::AgentError::Database(e))
+            | Error::Session(crate::sessions::SessionError::Database(e))
+            | Error::OAuth(
+                OAuthError::Database(e)
+                | OAuthError::Vault(VaultError::Database(e))
+                | OAuthError::Session(crate::sessions::SessionError::Database(e)),
+            ) => is_unavailable(e),
+            Error::NotRecorded(e) => e.unavailable,
+            _ => false,
+        }
+    }
+
     /// Status, stable code and title. Exhaustive on purpose: a new variant must be mapped.
+    /// Any variant carrying a database failure answers `503 database_unavailable` when the
+    /// database is out of reach.
     fn classify(&self) -> (StatusCode, &'static str, &'static str) {
+        if self.database_unavailable() {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database_unavailable",
+                "Database unavailable",
+            );
+        }
         match self {
             Error::Vault(_)
             | Error::Database(_)
@@ -239,6 +268,9 @@ impl Error {
         let (status, code, title) = self.classify();
         let detail = if status == StatusCode::INTERNAL_SERVER_ERROR {
             "the request failed; the cause is in the server log".to_owned()
+        } else if code == "database_unavailable" {
+            // The cause (which connection failed how) stays in the log.
+            "the database is unavailable; retry shortly".to_owned()
         } else {
             self.to_string()
         };
@@ -267,6 +299,7 @@ impl IntoResponse for Error {
         let status =
             StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let retry_after = match &self {
+            e if e.database_unavailable() => Some(1),
             Error::RateLimited(seconds) => Some(*seconds),
             Error::ProviderFailed(_) | Error::OAuth(OAuthError::ProviderFailed(_)) => Some(5),
             Error::RefreshBusy | Error::Stale => Some(1),

@@ -41,8 +41,22 @@ struct Pending {
 
 /// Why an event was not recorded.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("the audit trail could not be written: {0}")]
-pub struct NotRecorded(pub String);
+#[error("the audit trail could not be written: {reason}")]
+pub struct NotRecorded {
+    pub reason: String,
+    /// The database was out of reach (see `store::is_unavailable`): the same request can
+    /// succeed once it is back.
+    pub unavailable: bool,
+}
+
+impl NotRecorded {
+    fn new(reason: &str) -> NotRecorded {
+        NotRecorded {
+            reason: reason.to_owned(),
+            unavailable: false,
+        }
+    }
+}
 
 /// Why an event with a basis was not recorded.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -81,7 +95,7 @@ impl Journal {
             .await
             .map_err(|e| match e {
                 Unrecorded::Failed(e) => e,
-                Unrecorded::Stale => NotRecorded("stale".into()),
+                Unrecorded::Stale => NotRecorded::new("stale"),
             })
     }
 
@@ -92,7 +106,7 @@ impl Journal {
         touch: Option<String>,
         basis: Option<Basis>,
     ) -> Result<i64, Unrecorded> {
-        let stopped = || Unrecorded::Failed(NotRecorded("the writer has stopped".into()));
+        let stopped = || Unrecorded::Failed(NotRecorded::new("the writer has stopped"));
         let (done, answer) = oneshot::channel();
         self.queue
             .send(Pending {
@@ -148,7 +162,7 @@ async fn writer(db: Db, clock: Arc<dyn Clock>, mut rx: mpsc::Receiver<Pending>) 
                 }
                 Err(e) => {
                     for done in batch.callers.drain(..) {
-                        let _ = done.send(Err(Unrecorded::Failed(NotRecorded(e.clone()))));
+                        let _ = done.send(Err(Unrecorded::Failed(e.clone())));
                     }
                     break;
                 }
@@ -180,7 +194,7 @@ async fn commit(
     now: i64,
     batch: &mut Batch,
     head: &mut Option<(i64, Vec<u8>)>,
-) -> Result<Committed, String> {
+) -> Result<Committed, NotRecorded> {
     let rows = &mut batch.rows;
     let n = i64::try_from(rows.len()).unwrap_or(0);
     let touched: BTreeSet<&str> = batch.touch.iter().flatten().map(String::as_str).collect();
@@ -240,6 +254,9 @@ async fn commit(
     }
     result.map_err(|e| {
         tracing::error!(error = %e, events = n, "audit batch failed");
-        "database error".to_owned()
+        NotRecorded {
+            reason: "database error".to_owned(),
+            unavailable: crate::store::is_unavailable(&e),
+        }
     })
 }

@@ -212,7 +212,7 @@ impl Broker {
         match self.journal.record_if(event, touch, basis).await {
             Ok(_) => Ok(()),
             Err(Unrecorded::Stale) => Err(Error::Stale),
-            Err(Unrecorded::Failed(e)) => Err(Error::NotRecorded(e.to_string())),
+            Err(Unrecorded::Failed(e)) => Err(Error::NotRecorded(e)),
         }
     }
 

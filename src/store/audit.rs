@@ -193,11 +193,26 @@ pub async fn page<'e, E>(e: E, after: i64, limit: i64) -> Result<Vec<EventRow>, 
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
+    page_through(e, after, i64::MAX, limit).await
+}
+
+/// Events with `after < seq <= through`, in order: a walk bounded by a head read earlier
+/// never sees events appended since.
+pub async fn page_through<'e, E>(
+    e: E,
+    after: i64,
+    through: i64,
+    limit: i64,
+) -> Result<Vec<EventRow>, sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
     let rows = sqlx::query(
         "SELECT seq, at_ms, kind, actor, subject, outcome, request_id, detail, prev_hash, hash \
-         FROM audit_event WHERE seq > $1 ORDER BY seq LIMIT $2",
+         FROM audit_event WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3",
     )
     .bind(after)
+    .bind(through)
     .bind(limit)
     .fetch_all(e)
     .await?;

@@ -104,6 +104,51 @@ where
         .transpose()
 }
 
+/// The primary, its row locked for the rest of the transaction: a rotation checks the
+/// root key it is sealed under and demotes it without a root-key rotation slipping in
+/// between (that one locks the table, which waits for this lock and blocks it).
+pub async fn lock_primary(
+    conn: &mut Conn,
+    backend: super::Backend,
+) -> Result<Option<KekRow>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM kek WHERE state = 'primary'{}",
+        backend.for_update()
+    );
+    sqlx::query(&sql)
+        .fetch_optional(conn)
+        .await?
+        .as_ref()
+        .map(from_row)
+        .transpose()
+}
+
+/// Locks the whole table against writers and row locks until commit, for a root-key
+/// rotation: no version can be added, demoted or re-sealed between reading every
+/// version and re-sealing them. Plain reads (opening records) go on. On SQLite the
+/// transaction's write lock already does this.
+pub async fn lock_table(conn: &mut Conn, backend: super::Backend) -> Result<(), sqlx::Error> {
+    if backend == super::Backend::Postgres {
+        sqlx::query("LOCK TABLE kek IN EXCLUSIVE MODE")
+            .execute(conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The oldest live (not retired) version whose key is not sealed under `root_key_id`.
+pub async fn first_live_not_under(
+    conn: &mut Conn,
+    root_key_id: &str,
+) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT MIN(version) FROM kek WHERE state <> 'retired' AND root_key_id <> $1",
+    )
+    .bind(root_key_id)
+    .fetch_one(conn)
+    .await
+}
+
 /// The outcome of [`reserve_wraps`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reservation {

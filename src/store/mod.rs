@@ -47,6 +47,18 @@ impl Backend {
         }
     }
 
+    /// How long a request waits for a connection. On PostgreSQL a server that is down or
+    /// restarting refuses connections and the pool keeps trying until then: short, so that
+    /// such a request is answered (`503`) promptly, and the same pool carries on by itself
+    /// once the server is back. SQLite's waits are for the file's write lock, which a
+    /// burst of writers can hold for longer.
+    const fn acquire_timeout(self) -> Duration {
+        match self {
+            Backend::Sqlite => Duration::from_secs(15),
+            Backend::Postgres => Duration::from_secs(3),
+        }
+    }
+
     pub const fn name(self) -> &'static str {
         match self {
             Backend::Sqlite => "sqlite",
@@ -99,8 +111,13 @@ impl Db {
                     .max_connections(4)
                     .after_connect(|conn, _meta| {
                         Box::pin(async move {
+                            // FULL: in WAL mode, NORMAL lets the last commits before a
+                            // power loss vanish although their callers were told they were
+                            // durable (a release answered, its audit event gone). FULL
+                            // syncs the log at every commit; the journal's group commit
+                            // keeps that to one sync per batch of releases.
                             conn.execute(
-                                "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+                                "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
                              PRAGMA busy_timeout = 15000;",
                             )
                             .await?;
@@ -110,7 +127,7 @@ impl Db {
             }
             Backend::Postgres => AnyPoolOptions::new().max_connections(8),
         }
-        .acquire_timeout(Duration::from_secs(15))
+        .acquire_timeout(backend.acquire_timeout())
         // No round trip before every statement to check the connection: a broken one
         // fails its statement and is dropped by the pool.
         .test_before_acquire(false)
@@ -198,6 +215,23 @@ fn sqlite_url(url: &str) -> Result<String, OpenError> {
     Ok(format!("sqlite://{path}?{query}"))
 }
 
+/// True when `err` says the database is out of reach rather than that a statement was
+/// wrong: the connection broke or was refused, the server is shutting down or starting up
+/// (SQLSTATE classes 08 and 57P), or no connection came free in time. The same request
+/// can succeed once the database is back.
+pub fn is_unavailable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(e) => e
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+        _ => false,
+    }
+}
+
 /// True when `err` is a unique-constraint violation.
 pub fn is_unique_violation(err: &sqlx::Error) -> bool {
     err.as_database_error()
@@ -220,5 +254,32 @@ mod tests {
         assert!(dir.path().join("sub").is_dir());
         assert_eq!(sqlite_url("sqlite::memory:")?, "sqlite://:memory:?mode=rwc");
         Ok(())
+    }
+
+    #[tokio::test]
+    async fn sqlite_commits_sync_fully() {
+        // Every connection of the pool (the journal's batches and every other writer
+        // take theirs from it) syncs the log at each commit: 2 is FULL.
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::connect(&format!("sqlite://{}/s.db", dir.path().display()))
+            .await
+            .unwrap();
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            let mut conn = db.pool().acquire().await.unwrap();
+            let mode: i64 = sqlx::query_scalar("PRAGMA synchronous")
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+            assert_eq!(mode, 2, "synchronous = FULL");
+            held.push(conn);
+        }
+        drop(held);
+        let mut tx = db.begin().await.unwrap();
+        let mode: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        assert_eq!(mode, 2);
     }
 }

@@ -17,6 +17,10 @@ use crate::store::connection::{self as conns, Swap};
 use crate::store::kek::{self, KekState};
 use crate::store::{Conn, is_unique_violation};
 
+/// The most rows one swap statement carries (4 parameters each, far below every
+/// backend's limit).
+const SWAP_SLICE: usize = 1_000;
+
 /// One version in `keys status`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct VersionStatus {
@@ -120,7 +124,7 @@ impl Vault {
         kind: Kind,
         mut detail: serde_json::Value,
     ) -> Result<(i64, Arc<AeadKey>), VaultError> {
-        if let Some(primary) = kek::primary(&mut *conn).await? {
+        if let Some(primary) = kek::lock_primary(&mut *conn, self.db.backend()).await? {
             // Never seal a new KEK under a root key the others were not sealed under.
             if primary.root_key_id != self.root.id() {
                 return Err(VaultError::WrongRootKey {
@@ -245,7 +249,13 @@ impl Vault {
                 return Ok(None);
             }
         }
-        let changed = conns::swap_envelopes(&mut tx, primary, swaps).await?;
+        // One statement binds four parameters per row: a batch larger than a statement
+        // can carry (PostgreSQL takes 65,535 parameters, SQLite 32,766) goes in slices,
+        // all in this one transaction with its one audit event.
+        let mut changed = 0;
+        for slice in swaps.chunks(SWAP_SLICE) {
+            changed += conns::swap_envelopes(&mut tx, primary, slice).await?;
+        }
         let skipped = u64::try_from(n).unwrap_or(0).saturating_sub(changed);
         let event = Event::new(Kind::KeyRewrapped, actor.clone(), format!("kek:{primary}"))
             .detail(json!({ "to": primary, "rewrapped": changed, "skipped": skipped }));
@@ -298,8 +308,15 @@ impl Vault {
 
     /// Re-seals every live KEK under `new_root`; records are not touched. Returns how many
     /// KEKs were re-sealed.
+    ///
+    /// The table is locked before it is read, so a rotation (of a KEK) cannot add a
+    /// version under the old root key that this one would not re-seal: a rotation that
+    /// started first is waited for and its version re-sealed; one that starts after finds
+    /// the primary under the new root key and refuses. Before commit, no live version may
+    /// be left under another root key.
     pub async fn rotate_root(&self, actor: Actor, new_root: &RootKey) -> Result<usize, VaultError> {
         let mut tx = self.db.begin().await?;
+        kek::lock_table(&mut tx, self.db.backend()).await?;
         let rows = kek::all(&mut *tx).await?;
         let mut resealed = 0;
         for row in rows.iter().filter(|r| r.state != KekState::Retired) {
@@ -307,6 +324,10 @@ impl Vault {
             let sealed = keyring::seal_kek(new_root, row.version, cipher, &key)?;
             kek::reseal(&mut tx, row.version, &sealed, &new_root.id()).await?;
             resealed += 1;
+        }
+        if let Some(version) = kek::first_live_not_under(&mut tx, &new_root.id()).await? {
+            // Rolled back: a KEK left under the old root key would be lost with it.
+            return Err(VaultError::LeftUnderOldRoot(version));
         }
         let event = Event::new(Kind::RootKeyRotated, actor, "root")
             .detail(json!({ "from": self.root.id(), "to": new_root.id(), "keks": resealed }));

@@ -85,6 +85,10 @@ pub enum VaultError {
     RetireInUse { version: i64, records: i64 },
     #[error("another rotation committed at the same time; run the command again")]
     ConcurrentRotation,
+    #[error(
+        "KEK version {0} would be left sealed under the old root key; nothing was changed, run the command again"
+    )]
+    LeftUnderOldRoot(i64),
     #[error("the decrypted token set is malformed")]
     Malformed(#[from] tokens::MalformedTokenSet),
     #[error("{0}")]
@@ -494,5 +498,7 @@ fn auth(e: CryptoError) -> VaultError {
     }
 }
 
+#[cfg(test)]
+mod root_race_tests;
 #[cfg(test)]
 mod tests;

@@ -13,8 +13,8 @@ use crate::store::users;
 use crate::testkit::vault;
 
 /// What a test needs to see of an opened token set.
-struct Plain {
-    access: String,
+pub(super) struct Plain {
+    pub(super) access: String,
     refresh: Option<String>,
     scopes: Vec<String>,
 }
@@ -38,13 +38,13 @@ fn stored(uid: &str) -> crate::audit::Event {
     )
 }
 
-async fn user(v: &Vault, id: &str) {
+pub(super) async fn user(v: &Vault, id: &str) {
     let mut tx = v.db().begin().await.unwrap();
     users::insert(&mut tx, id, 0).await.unwrap();
     tx.commit().await.unwrap();
 }
 
-async fn put(v: &Vault, uid: &str, provider: &str, access: &str) -> String {
+pub(super) async fn put(v: &Vault, uid: &str, provider: &str, access: &str) -> String {
     let mut tx = v.db().begin().await.unwrap();
     let id = v
         .store(
@@ -62,7 +62,7 @@ async fn put(v: &Vault, uid: &str, provider: &str, access: &str) -> String {
 }
 
 /// Opens a record the only way the crate allows: through the executor.
-async fn open(v: &Arc<Vault>, uid: &str, provider: &str) -> Result<Plain, VaultError> {
+pub(super) async fn open(v: &Arc<Vault>, uid: &str, provider: &str) -> Result<Plain, VaultError> {
     let sealed = v.load(uid, provider).await?.expect("record exists");
     Executor::new(Arc::clone(v))
         .with_tokens(&sealed, |t| Plain {
@@ -265,6 +265,36 @@ both_backends! {
         assert_eq!(after.load("u", "p").await.unwrap().unwrap().row.envelope, before);
         let (old, _) = vault(&t.db, VaultSettings::default());
         assert!(matches!(old.check_ready().await, Err(VaultError::WrongRootKey { .. })));
+    }
+
+    async fn rewrap_batch_above_the_parameter_limit(t: TestDb) {
+        // More rows in one batch than one statement can bind on either backend (4 per
+        // row: 16,500 rows need 66,001 parameters).
+        const ROWS: i64 = 16_500;
+        let (v, _) = vault(&t.db, VaultSettings::default());
+        v.init(Actor::Cli).await.unwrap();
+        user(&v, "u").await;
+        let template = put(&v, "u", "template", "tok").await;
+        // Copies of one envelope: rewrap only re-wraps the DEK, whose wrap is bound to the
+        // KEK version and not to the row, so the copies rewrap like real records.
+        sqlx::query(
+            "WITH RECURSIVE n (i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $2) \
+             INSERT INTO connection (id, user_id, provider, scopes, status, kek_version, generation, \
+             envelope, expires_at, created_at, updated_at) \
+             SELECT 'c' || n.i, c.user_id, 'p' || n.i, c.scopes, c.status, c.kek_version, c.generation, \
+             c.envelope, c.expires_at, c.created_at, c.updated_at FROM connection c, n WHERE c.id = $1",
+        )
+        .bind(&template).bind(ROWS - 1)
+        .execute(t.db.pool()).await.unwrap();
+        assert_eq!(v.rotate(Actor::Cli).await.unwrap(), 2);
+        let r = v.rewrap(Actor::Cli, 20_000).await.unwrap();
+        assert_eq!((r.rewrapped, r.skipped, r.failed.len()), (ROWS as u64, 0, 0));
+        let status = v.status().await.unwrap();
+        assert_eq!(status.versions.iter().map(|s| (s.version, s.records)).collect::<Vec<_>>(), [(1, 0), (2, ROWS)]);
+        assert_eq!(open(&v, "u", "template").await.unwrap().access, "tok");
+        let batches: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_event WHERE kind = 'key.rewrapped'")
+            .fetch_one(t.db.pool()).await.unwrap();
+        assert_eq!(batches, 1, "one batch, one transaction, one event");
     }
 
     async fn rotation_end_to_end_under_load(t: TestDb) {

@@ -12,6 +12,7 @@ mod admin;
 mod agents;
 mod browser;
 mod cli;
+mod faults;
 mod kat;
 mod leak;
 mod limits;
