@@ -26,11 +26,11 @@ use crate::support::Site;
 
 const POLICY: &str = r#"permit(principal == Agent::"loader", action == Action::"fetch_credential", resource == Provider::"acme");"#;
 
-/// The service's configuration: one provider, a policy letting the agent fetch it, and no
-/// rate limit to speak of.
+/// The service's configuration: one provider, a policy letting the agent fetch it, and the
+/// agent limits off.
 fn config_text(policies: &Path) -> String {
     format!(
-        "policies_dir = \"{}\"\nagent_rate_limit = 1000000\n\
+        "policies_dir = \"{}\"\n[limits]\nagent_user_per_second = 0\nagent_per_second = 0\n\
          [providers.acme]\nkind = \"oauth2\"\nclient_id = \"cid\"\nclient_secret = \"cs\"\n\
          authorize_url = \"http://127.0.0.1:9/a\"\ntoken_url = \"http://127.0.0.1:9/t\"\n",
         policies.display()
