@@ -67,6 +67,7 @@ impl AppState {
             absolute: config.session_absolute_timeout,
         };
         let sessions = Arc::new(Sessions::new(db.clone(), Arc::clone(&clock), timeouts));
+        let tools = crate::tools::resolve(&config)?;
         let oauth = OAuth::new(
             db.clone(),
             Arc::clone(&vault),
@@ -74,6 +75,7 @@ impl AppState {
             &providers,
             secrets,
             &config,
+            &tools,
             Arc::clone(&clock),
         )
         .map_err(|e| {
@@ -86,7 +88,6 @@ impl AppState {
                 reason: e.to_string(),
             }
         })?;
-        let tools = crate::tools::resolve(&config)?;
         for (name, t) in &config.tools {
             if !providers.contains_key(&t.provider) {
                 return Err(crate::config::ConfigError::Invalid {

@@ -125,6 +125,8 @@ pub struct OAuth {
     clock: Arc<dyn Clock>,
     executor: Executor,
     oidc: Oidc,
+    /// Each tool's provider: a disconnect ends the delegations naming its tools.
+    tool_providers: BTreeMap<String, String>,
 }
 
 /// A provider's endpoints, from the catalogue, configuration or discovery.
@@ -211,6 +213,7 @@ impl OAuth {
         providers: &BTreeMap<String, Provider>,
         secrets: BTreeMap<String, ClientSecret>,
         config: &crate::config::Config,
+        tools: &BTreeMap<String, crate::tools::Tool>,
         clock: Arc<dyn Clock>,
     ) -> Result<OAuth, reqwest::Error> {
         let mut secrets = secrets;
@@ -246,6 +249,10 @@ impl OAuth {
             public_url: config.public_url.clone(),
             flow_key,
             clock,
+            tool_providers: tools
+                .iter()
+                .map(|(name, t)| (name.clone(), t.provider.clone()))
+                .collect(),
         })
     }
 

@@ -4,6 +4,7 @@
 //! refresh within one instance and across two, refresh-token rotation and `invalid_grant`.
 //! Each ends by checking the audit trail.
 
+mod disconnect;
 mod refresh;
 mod release;
 mod tools;
@@ -42,6 +43,13 @@ struct Idp {
     no_refresh_in_refresh: bool,
     /// The `scope` sent with each refresh grant.
     refresh_scopes: Vec<Option<String>>,
+    /// Tokens presented for revocation, in order.
+    revoked: Vec<String>,
+    /// The revocation endpoint answers 503.
+    revoke_unavailable: bool,
+    /// The next refresh grant, once answered here, waits at these barriers (met by the
+    /// test) before its answer is sent: the first when it has arrived, the second to go.
+    hold: Option<Arc<(tokio::sync::Barrier, tokio::sync::Barrier)>>,
 }
 
 type Shared = Arc<(Mutex<Idp>, AtomicUsize)>;
@@ -70,17 +78,36 @@ async fn token(State(s): State<Shared>, Form(f): Form<HashMap<String, String>>) 
         // Slow enough that concurrent callers overlap.
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let mut st = s.0.lock().unwrap();
+    let (body, hold) = {
+        let mut st = s.0.lock().unwrap();
+        match answer(&mut st, &f, refresh_grant) {
+            Ok(body) => (body, if refresh_grant { st.hold.take() } else { None }),
+            Err(refused) => return refused,
+        }
+    };
+    if let Some(hold) = hold {
+        hold.0.wait().await;
+        hold.1.wait().await;
+    }
+    axum::Json(body).into_response()
+}
+
+/// The token endpoint's answer: new tokens, or the refusal to send.
+fn answer(
+    st: &mut Idp,
+    f: &HashMap<String, String>,
+    refresh_grant: bool,
+) -> Result<Value, Response> {
     let scope = if refresh_grant {
         let sent_scope = f.get("scope").cloned();
         st.refresh_scopes.push(sent_scope);
         let presented = &f["refresh_token"];
         let Some(i) = st.refresh.iter().position(|r| r == presented) else {
-            return (
+            return Err((
                 StatusCode::BAD_REQUEST,
                 axum::Json(json!({"error": "invalid_grant"})),
             )
-                .into_response();
+                .into_response());
         };
         // Rotation: the presented refresh token is spent.
         st.refresh.remove(i);
@@ -89,11 +116,11 @@ async fn token(State(s): State<Shared>, Form(f): Form<HashMap<String, String>>) 
         match st.codes.remove(&f["code"]) {
             Some(scope) => Some(scope),
             None => {
-                return (
+                return Err((
                     StatusCode::BAD_REQUEST,
                     axum::Json(json!({"error": "invalid_grant"})),
                 )
-                    .into_response();
+                    .into_response());
             }
         }
     };
@@ -113,7 +140,19 @@ async fn token(State(s): State<Shared>, Form(f): Form<HashMap<String, String>>) 
     if let Some(scope) = scope {
         body["scope"] = scope.into();
     }
-    axum::Json(body).into_response()
+    Ok(body)
+}
+
+/// RFC 7009 revocation: the token is recorded, and a refresh token stops working.
+async fn revoke(State(s): State<Shared>, Form(f): Form<HashMap<String, String>>) -> Response {
+    let mut st = s.0.lock().unwrap();
+    if st.revoke_unavailable {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    let token = f["token"].clone();
+    st.refresh.retain(|r| *r != token);
+    st.revoked.push(token);
+    StatusCode::OK.into_response()
 }
 
 fn bearer_ok(s: &Shared, headers: &HeaderMap) -> bool {
@@ -153,6 +192,7 @@ async fn start_idp() -> (String, Shared) {
     let app = axum::Router::new()
         .route("/authorize", get(authorize))
         .route("/token", post(token))
+        .route("/revoke", post(revoke))
         .route("/userinfo", get(userinfo))
         .route("/api/{*rest}", get(api))
         .route("/elsewhere", get(|| async { "elsewhere" }))
@@ -186,7 +226,7 @@ fn config(site: &Site, base: &str) -> strongbox::config::Config {
         "public_url = \"http://127.0.0.1:8080\"\npolicies_dir = \"{}\"\nagent_rate_limit = 1000\n\
          [providers.acme]\nkind = \"oauth2\"\nclient_id = \"cid\"\nclient_secret = \"csecret\"\nlogin = true\n\
          authorize_url = \"{base}/authorize\"\ntoken_url = \"{base}/token\"\nuserinfo_url = \"{base}/userinfo\"\n\
-         scopes = [\"openid\", \"email\"]\n\
+         revocation_url = \"{base}/revoke\"\nscopes = [\"openid\", \"email\"]\n\
          [providers.microsoft]\nclient_id = \"cid\"\nclient_secret = \"csecret\"\ntoken_url = \"{base}/token\"\n\
          [tools.\"acme.items\"]\nprovider = \"acme\"\nmethod = \"GET\"\nurl = \"{base}/api/items/{{item}}/detail\"\n\
          query = [\"limit\"]\nscopes = [\"email\"]\n\
@@ -255,6 +295,7 @@ async fn sign_in(app: &axum::Router) -> (String, String, String) {
     )
 }
 
+/// A user's delegation to `agent` of `tools` and the provider acme, for `ttl` seconds.
 async fn delegate(
     state: &strongbox::AppState,
     user: &str,
@@ -262,11 +303,23 @@ async fn delegate(
     tools: &[&str],
     ttl: i64,
 ) -> String {
+    grant(state, user, agent, tools, &["acme"], ttl).await
+}
+
+/// A user's delegation to `agent` of `tools` and `providers`.
+async fn grant(
+    state: &strongbox::AppState,
+    user: &str,
+    agent: &str,
+    tools: &[&str],
+    providers: &[&str],
+    ttl: i64,
+) -> String {
     let agent = state.agents.by_name(agent).await.unwrap().unwrap();
     let grant = Grant {
         agent: agent.name.clone(),
         tools: tools.iter().map(|s| (*s).to_owned()).collect(),
-        providers: vec!["acme".into()],
+        providers: providers.iter().map(|s| (*s).to_owned()).collect(),
         ttl,
     };
     let mut tx = state.db.begin().await.unwrap();

@@ -17,6 +17,7 @@ async fn releases(site: Site) {
         cookie,
         user,
         bot_secret,
+        nopolicy_secret,
         ..
     } = world(&site).await;
     let auth = format!("Bearer {bot_secret}");
@@ -46,18 +47,64 @@ async fn releases(site: Site) {
         "{}",
         listed.body
     );
-    let r = call(
-        &app,
-        "POST",
-        "/v1/credentials/acme",
-        &hs,
-        json!({"scopes": ["admin"]}),
-    )
-    .await;
+    // Policy decides before the connection's state is told: scopes beyond policy are
+    // denied whether the connection lacks them or not, and so is a provider the user has
+    // not connected, for an agent without a permit.
+    let denials = || {
+        crate::support::count(
+            &site.url,
+            "SELECT COUNT(*) FROM audit_event WHERE kind = 'policy.denied'",
+        )
+    };
+    let denied = denials().await;
+    for scopes in [json!(["admin"]), json!(["openid", "email", "admin"])] {
+        let r = call(
+            &app,
+            "POST",
+            "/v1/credentials/acme",
+            &hs,
+            json!({ "scopes": scopes }),
+        )
+        .await;
+        assert_eq!(
+            (r.status, r.json["code"].as_str()),
+            (StatusCode::FORBIDDEN, Some("policy_denied")),
+            "scope beyond policy the connection lacks: {}",
+            r.text
+        );
+        assert!(r.json.get("url").is_none(), "{}", r.text);
+    }
+    let np_auth = format!("Bearer {nopolicy_secret}");
+    let np_dlg = super::grant(&state, &user, "nopolicy", &[], &["acme", "microsoft"], 900).await;
+    for (provider, scopes) in [
+        ("microsoft", json!({})),
+        ("acme", json!({"scopes": ["admin"]})),
+    ] {
+        let r = call(
+            &app,
+            "POST",
+            &format!("/v1/credentials/{provider}"),
+            &super::agent(&np_auth, &np_dlg),
+            scopes,
+        )
+        .await;
+        assert_eq!(
+            (r.status, r.json["code"].as_str()),
+            (StatusCode::FORBIDDEN, Some("policy_denied")),
+            "{provider}: {}",
+            r.text
+        );
+    }
+    assert_eq!(denials().await, denied + 4, "each denial is audited");
+    // Within policy, the connection's state decides: bot may see Microsoft tokens, and
+    // alice has not connected it.
+    let bot_ms = super::grant(&state, &user, "bot", &[], &["microsoft"], 900).await;
+    let h = super::agent(&auth, &bot_ms);
+    let r = call(&app, "POST", "/v1/credentials/microsoft", &h, json!({})).await;
     assert_eq!(
-        r.status,
-        StatusCode::CONFLICT,
-        "scope the connection lacks: {}",
+        (r.status, r.json["code"].as_str()),
+        (StatusCode::CONFLICT, Some("not_connected")),
+        "{}",
         r.text
     );
     let r = call(&app, "POST", "/v1/credentials/other", &hs, json!({})).await;

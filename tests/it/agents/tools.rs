@@ -317,10 +317,52 @@ async fn tool_runs(site: Site) {
         (StatusCode::FORBIDDEN, Some("policy_denied"))
     );
 
+    // A run's start is durable before the provider is called: if it cannot be written,
+    // the provider sees nothing and the agent gets an error.
+    let run = || {
+        call(
+            &app,
+            "POST",
+            "/v1/tools/acme.items/run",
+            &hs,
+            json!({"args": {"item": "7"}}),
+        )
+    };
+    let calls = idp.0.lock().unwrap().api_paths.len();
+    super::block_audit(&site, true).await;
+    let r = run().await;
+    super::block_audit(&site, false).await;
+    assert_eq!(
+        (r.status, r.json["code"].as_str()),
+        (StatusCode::INTERNAL_SERVER_ERROR, Some("internal")),
+        "{}",
+        r.text
+    );
+    assert_eq!(
+        idp.0.lock().unwrap().api_paths.len(),
+        calls,
+        "the provider was called before the run was audited"
+    );
+    // Otherwise the start comes first and the result after, under one request id.
+    assert_eq!(run().await.status, StatusCode::OK);
+    let paired = crate::support::count(
+        &site.url,
+        "SELECT COUNT(*) FROM audit_event s JOIN audit_event r ON r.request_id = s.request_id \
+         WHERE s.kind = 'tool.started' AND r.kind = 'tool.run' AND s.seq < r.seq",
+    )
+    .await;
+    let runs = crate::support::count(
+        &site.url,
+        "SELECT COUNT(*) FROM audit_event WHERE kind = 'tool.run'",
+    )
+    .await;
+    assert_eq!(paired, runs, "a tool run without its start before it");
+
     super::check_trail(
         &site,
         &idp,
         &[
+            "tool.started",
             "tool.run",
             "policy.denied",
             "delegation.created",
