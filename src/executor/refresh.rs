@@ -1,7 +1,9 @@
 //! Token refresh for the executor: on demand before a use, and ahead of expiry in the
 //! background. Single flight per connection: an in-process lock, and across instances a
 //! lease column taken with one conditional `UPDATE`, so no transaction stays open while
-//! the provider answers. Waiters re-read the stored row.
+//! the provider answers. Waiters re-read the stored row. The new tokens are written only
+//! over the row the refresh was taken on, still active; if it is gone or changed they are
+//! discarded (revoked where the connection is being disconnected), never stored.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;

@@ -75,13 +75,12 @@ impl AppState {
             &providers,
             secrets,
             &config,
-            &tools,
             Arc::clone(&clock),
         )
         .map_err(|e| {
             crate::config::ConfigError::Parse(format!("cannot build the HTTP client: {e}"))
         })?;
-        let oauth = Arc::new(oauth);
+        let oauth = Arc::new(oauth.with_tools(&tools));
         let policies = crate::policy::Policies::load(&config.policies_dir).map_err(|e| {
             crate::config::ConfigError::Invalid {
                 key: "policies_dir".into(),

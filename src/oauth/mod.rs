@@ -213,7 +213,6 @@ impl OAuth {
         providers: &BTreeMap<String, Provider>,
         secrets: BTreeMap<String, ClientSecret>,
         config: &crate::config::Config,
-        tools: &BTreeMap<String, crate::tools::Tool>,
         clock: Arc<dyn Clock>,
     ) -> Result<OAuth, reqwest::Error> {
         let mut secrets = secrets;
@@ -249,11 +248,18 @@ impl OAuth {
             public_url: config.public_url.clone(),
             flow_key,
             clock,
-            tool_providers: tools
-                .iter()
-                .map(|(name, t)| (name.clone(), t.provider.clone()))
-                .collect(),
+            tool_providers: BTreeMap::new(),
         })
+    }
+
+    /// The tool catalogue, so that a disconnect ends the delegations naming a tool of the
+    /// provider as well as those naming the provider.
+    pub fn with_tools(mut self, tools: &BTreeMap<String, crate::tools::Tool>) -> OAuth {
+        self.tool_providers = tools
+            .iter()
+            .map(|(name, t)| (name.clone(), t.provider.clone()))
+            .collect();
+        self
     }
 
     fn client(&self, provider: &str, purpose: &Purpose) -> Result<&Client, OAuthError> {

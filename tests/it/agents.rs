@@ -80,10 +80,14 @@ async fn token(State(s): State<Shared>, Form(f): Form<HashMap<String, String>>) 
     }
     let (body, hold) = {
         let mut st = s.0.lock().unwrap();
-        match answer(&mut st, &f, refresh_grant) {
-            Ok(body) => (body, if refresh_grant { st.hold.take() } else { None }),
-            Err(refused) => return refused,
-        }
+        let Some(body) = answer(&mut st, &f, refresh_grant) else {
+            return (
+                StatusCode::BAD_REQUEST,
+                axum::Json(json!({"error": "invalid_grant"})),
+            )
+                .into_response();
+        };
+        (body, if refresh_grant { st.hold.take() } else { None })
     };
     if let Some(hold) = hold {
         hold.0.wait().await;
@@ -92,37 +96,18 @@ async fn token(State(s): State<Shared>, Form(f): Form<HashMap<String, String>>) 
     axum::Json(body).into_response()
 }
 
-/// The token endpoint's answer: new tokens, or the refusal to send.
-fn answer(
-    st: &mut Idp,
-    f: &HashMap<String, String>,
-    refresh_grant: bool,
-) -> Result<Value, Response> {
+/// The token endpoint's answer: new tokens, or `None` for `invalid_grant`.
+fn answer(st: &mut Idp, f: &HashMap<String, String>, refresh_grant: bool) -> Option<Value> {
     let scope = if refresh_grant {
         let sent_scope = f.get("scope").cloned();
         st.refresh_scopes.push(sent_scope);
         let presented = &f["refresh_token"];
-        let Some(i) = st.refresh.iter().position(|r| r == presented) else {
-            return Err((
-                StatusCode::BAD_REQUEST,
-                axum::Json(json!({"error": "invalid_grant"})),
-            )
-                .into_response());
-        };
+        let i = st.refresh.iter().position(|r| r == presented)?;
         // Rotation: the presented refresh token is spent.
         st.refresh.remove(i);
         None
     } else {
-        match st.codes.remove(&f["code"]) {
-            Some(scope) => Some(scope),
-            None => {
-                return Err((
-                    StatusCode::BAD_REQUEST,
-                    axum::Json(json!({"error": "invalid_grant"})),
-                )
-                    .into_response());
-            }
-        }
+        Some(st.codes.remove(&f["code"])?)
     };
     let access = fresh("at");
     let refresh = fresh("rt");
@@ -140,7 +125,7 @@ fn answer(
     if let Some(scope) = scope {
         body["scope"] = scope.into();
     }
-    Ok(body)
+    Some(body)
 }
 
 /// RFC 7009 revocation: the token is recorded, and a refresh token stops working.
