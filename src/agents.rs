@@ -126,7 +126,9 @@ impl Grounds {
             connection_id: connection.id().to_owned(),
             generation: connection.generation(),
             kek_version: connection.kek_version(),
-            status: connection.status().to_owned(),
+            // A use is recorded only on an active connection, whatever the row it was
+            // decided on said: a disconnect pending revocation never releases.
+            status: "active".to_owned(),
         }
     }
 }

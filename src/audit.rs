@@ -79,6 +79,8 @@ pub enum Kind {
     CredentialRefreshed,
     RefreshFailed,
     CredentialReleased,
+    /// A tool run about to call the provider (its result follows as [`Kind::ToolRun`]).
+    ToolStarted,
     ToolRun,
     PolicyDenied,
     UserRevoked,
@@ -105,6 +107,7 @@ impl Kind {
             Kind::CredentialRefreshed => "credential.refreshed",
             Kind::RefreshFailed => "credential.refresh_failed",
             Kind::CredentialReleased => "credential.released",
+            Kind::ToolStarted => "tool.started",
             Kind::ToolRun => "tool.run",
             Kind::PolicyDenied => "policy.denied",
             Kind::UserRevoked => "user.revoked",

@@ -51,7 +51,7 @@ pub struct Verdict {
     pub allowed: bool,
     /// Ids of the policies that determined the decision (empty for the default deny).
     pub policies: Vec<String>,
-    /// Evaluation errors, by policy id (a policy that errors does not apply).
+    /// Evaluation errors, by policy id; any error makes the answer a deny.
     pub errors: Vec<String>,
 }
 
@@ -279,10 +279,16 @@ impl Policies {
             .authorizer
             .is_authorized(&request, &self.set, &entities);
         let diagnostics = response.diagnostics();
+        let errors: Vec<String> = diagnostics.errors().map(ToString::to_string).collect();
+        // Cedar skips a policy whose evaluation errs, so a `forbid` that errs would let a
+        // `permit` through. With the requests built to the built-in schema's shape that
+        // cannot happen, but an operator's schema may declare attributes this service does
+        // not supply (validated at load, never at a release build's decision): an error
+        // is a deny.
         Ok(Verdict {
-            allowed: response.decision() == Decision::Allow,
+            allowed: response.decision() == Decision::Allow && errors.is_empty(),
             policies: diagnostics.reason().map(ToString::to_string).collect(),
-            errors: diagnostics.errors().map(ToString::to_string).collect(),
+            errors,
         })
     }
 }
@@ -403,6 +409,32 @@ permit(principal == Agent::"chat-backend", action == Action::"fetch_credential",
                 p.decide("chat-backend", "u1", &action, &scopes).unwrap()
             );
         }
+    }
+
+    #[test]
+    fn an_evaluation_error_denies_even_unvalidated() {
+        // An operator's schema gives agents a team the service does not supply: the
+        // policies validate at load, and the forbid errs on every request. A release
+        // build decides without validating the request, as `decide_checked(.., None)`.
+        let schema = BUILTIN_SCHEMA.replace("entity Agent;", "entity Agent { team: String };");
+        let policy = r#"
+permit(principal, action == Action::"fetch_credential", resource);
+forbid(principal, action == Action::"fetch_credential", resource)
+  when { principal.team == "contractors" };
+"#;
+        let p = Policies::from_sources("operator", &schema, &[("ops.cedar".into(), policy.into())])
+            .unwrap();
+        let v = p
+            .decide_checked(
+                "a",
+                "u",
+                &Action::FetchCredential { provider: "github" },
+                &[],
+                None,
+            )
+            .unwrap();
+        assert!(!v.errors.is_empty(), "{v:?}");
+        assert!(!v.allowed, "an erring forbid let the permit through: {v:?}");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The agent-facing half of the executor: fresh credentials (single-flight refresh), tool
-//! runs and raw credential release. Checks that do not need a plaintext (agent, delegation,
-//! policy, scopes) run before anything is opened.
+//! runs and raw credential release. Checks that do not need a plaintext run before anything
+//! is opened, in this order: agent, delegation, Cedar (default deny, audited), and only then
+//! the connection's state and scopes, so what policy refuses is refused the same whether or
+//! not the user has connected. Only an `active` connection is used.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -124,22 +126,50 @@ impl Broker {
         })
     }
 
-    /// Loads the caller's connection to `provider` and checks it holds `scopes`.
-    async fn connection(
+    /// The caller's connection to `provider`: the one read with the request when it is
+    /// that, or a fresh read. Nothing of its state is told to the agent before policy has
+    /// decided (see [`Broker::usable`]).
+    async fn load(
         &self,
         user_id: &str,
         provider: &str,
-        scopes: &[String],
         preloaded: Option<SealedCredential>,
-    ) -> Result<SealedCredential, Error> {
-        let loaded = match preloaded {
+    ) -> Result<Option<SealedCredential>, Error> {
+        Ok(match preloaded {
             Some(s) if s.user_id() == user_id && s.provider() == provider => Some(s),
             _ => self.vault.load(user_id, provider).await?,
-        };
+        })
+    }
+
+    /// Why `sealed` may not be used, if it may not: only an `active` connection is. One
+    /// needing the user again is `reauth_required`; one being disconnected (its revocation
+    /// pending) is, to an agent, no longer connected.
+    pub(super) fn refusal(&self, sealed: &SealedCredential) -> Option<Error> {
+        match sealed.status() {
+            "active" => None,
+            "reauth_required" => Some(self.reauth(sealed)),
+            _ => Some(Error::NotConnected {
+                provider: sealed.provider().to_owned(),
+                url: self.oauth.connect_url(sealed.provider(), &[]),
+            }),
+        }
+    }
+
+    /// The connection if it exists, is active and holds `scopes` (the 409s, asked only
+    /// once policy allows the request).
+    fn usable(
+        &self,
+        loaded: Option<SealedCredential>,
+        provider: &str,
+        scopes: &[String],
+    ) -> Result<SealedCredential, Error> {
         let sealed = loaded.ok_or_else(|| Error::NotConnected {
             provider: provider.to_owned(),
             url: self.oauth.connect_url(provider, scopes),
         })?;
+        if let Some(refused) = self.refusal(&sealed) {
+            return Err(refused);
+        }
         let granted = sealed.scopes();
         if scopes.iter().any(|s| !granted.contains(&s.as_str())) {
             let mut wanted: Vec<String> = granted.iter().map(|s| (*s).to_owned()).collect();
@@ -239,19 +269,18 @@ impl Broker {
                 Error::ProviderNotDelegated(provider.to_owned())
             });
         }
-        let scopes = requested.unwrap_or_default();
-        let sealed = match self
-            .connection(&d.user_id, provider, &scopes, preloaded)
-            .await
-        {
-            Err(_) if reused => return Err(Error::Stale),
-            other => other?,
+        let requested = requested.unwrap_or_default();
+        let loaded = self.load(&d.user_id, provider, preloaded).await?;
+        // Without a list, the request is for the scopes granted (none, not connected).
+        let scopes: Vec<String> = match &loaded {
+            Some(sealed) if requested.is_empty() => {
+                sealed.scopes().iter().map(|s| (*s).to_owned()).collect()
+            }
+            _ => requested.clone(),
         };
-        let scopes: Vec<String> = if scopes.is_empty() {
-            sealed.scopes().iter().map(|s| (*s).to_owned()).collect()
-        } else {
-            scopes
-        };
+        // Policy decides first: a request it refuses is a 403 whatever the connection's
+        // state, so an agent is never invited to have the user grant what policy would
+        // refuse anyway.
         let verdict = policies.decide(
             &caller.agent,
             &d.user_id,
@@ -271,6 +300,10 @@ impl Broker {
             .await?;
             return Err(Error::PolicyDenied);
         }
+        let sealed = match self.usable(loaded, provider, &requested) {
+            Err(_) if reused => return Err(Error::Stale),
+            other => other?,
+        };
         if reused && self.needs_refresh(&sealed, REFRESH_MARGIN) {
             return Err(Error::Stale);
         }
@@ -340,11 +373,24 @@ impl Broker {
             .await?;
             return Err(Error::PolicyDenied);
         }
-        let sealed = self
-            .connection(&d.user_id, &tool.provider, &tool.scopes, preloaded)
-            .await?;
+        let loaded = self.load(&d.user_id, &tool.provider, preloaded).await?;
+        let sealed = self.usable(loaded, &tool.provider, &tool.scopes)?;
         let actor = Actor::Agent(caller.agent.clone());
         let sealed = self.fresh(sealed, &actor).await?;
+        let detail = json!({"agent": caller.agent, "delegation": d.handle, "tool": tool.name,
+            "provider": tool.provider, "connection": sealed.id(), "method": tool.method.as_str(),
+            "host": url.host_str(), "policies": verdict.policies});
+        // Durable before the provider is called, and only if the agent, delegation and
+        // connection it was decided on still hold then: if this fails, nothing is sent.
+        let started = Event::new(
+            Kind::ToolStarted,
+            actor.clone(),
+            format!("user:{}", d.user_id),
+        )
+        .request_id(caller.request_id.clone())
+        .detail(detail.clone());
+        self.record_use(&sealed, started, Some(caller.grounds.basis(&sealed)))
+            .await?;
         let request = self
             .exec
             .with_tokens(&sealed, |t| {
@@ -362,6 +408,11 @@ impl Broker {
             Ok(out) => (Some(out.status), None),
             Err(reason) => (None, Some(reason.clone())),
         };
+        let mut detail = detail;
+        if let Some(d) = detail.as_object_mut() {
+            d.insert("status".into(), status.into());
+            d.insert("failure".into(), failure.clone().into());
+        }
         let event = Event::new(Kind::ToolRun, actor, format!("user:{}", d.user_id))
             .request_id(caller.request_id.clone())
             .outcome(if failure.is_some() {
@@ -369,12 +420,13 @@ impl Broker {
             } else {
                 Outcome::Success
             })
-            .detail(json!({"agent": caller.agent, "delegation": d.handle, "tool": tool.name,
-                "provider": tool.provider, "connection": sealed.id(), "method": tool.method.as_str(),
-                "host": url.host_str(), "status": status, "failure": failure,
-                "policies": verdict.policies}));
-        // The provider has been called already: recorded whatever has changed since.
-        self.record_use(&sealed, event, None).await?;
+            .detail(detail);
+        // The provider has been called already: recorded whatever has changed since (the
+        // last use was written with the start).
+        self.journal
+            .record(event, None)
+            .await
+            .map_err(|e| Error::NotRecorded(e.to_string()))?;
         match (outcome, failure) {
             (Ok(out), None) => Ok(out),
             (_, Some(reason)) => Err(Error::ProviderFailed(reason)),

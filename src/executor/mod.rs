@@ -14,7 +14,7 @@ mod refresh;
 mod revoke;
 
 pub use broker::{Broker, Caller, LAST_USE_STEP, REFRESH_MARGIN, Released, ToolOutput};
-pub use revoke::{Revocation, Revoked};
+pub use revoke::{Revocation, Revoked, revoke_tokens};
 
 use crate::vault::{SealedCredential, TokenSet, Vault, VaultError};
 

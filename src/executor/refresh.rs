@@ -1,7 +1,9 @@
 //! Token refresh for the executor: on demand before a use, and ahead of expiry in the
 //! background. Single flight per connection: an in-process lock, and across instances a
 //! lease column taken with one conditional `UPDATE`, so no transaction stays open while
-//! the provider answers. Waiters re-read the stored row.
+//! the provider answers. Waiters re-read the stored row. The new tokens are written only
+//! over the row the refresh was taken on, still active; if it is gone or changed they are
+//! discarded (revoked where the connection is being disconnected), never stored.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -11,10 +13,11 @@ use serde_json::json;
 use super::broker::{Broker, REFRESH_MARGIN};
 use crate::audit::{self, Actor, Event, Kind, Outcome};
 use crate::error::Error;
+use crate::executor::Revoked;
 use crate::oauth::OAuthError;
 use crate::secret::{AccessToken, IdToken, RefreshToken};
 use crate::store::connection as conns;
-use crate::vault::{Scopes, SealedCredential, TokenSet};
+use crate::vault::{SealedCredential, TokenSet};
 
 impl Broker {
     /// The in-process single-flight lock for one connection.
@@ -51,7 +54,7 @@ impl Broker {
         Ok(true)
     }
 
-    fn reauth(&self, sealed: &SealedCredential) -> Error {
+    pub(super) fn reauth(&self, sealed: &SealedCredential) -> Error {
         let scopes: Vec<String> = sealed.scopes().iter().map(|s| (*s).to_owned()).collect();
         Error::ReauthRequired {
             provider: sealed.provider().to_owned(),
@@ -76,8 +79,8 @@ impl Broker {
         actor: &Actor,
         margin: i64,
     ) -> Result<SealedCredential, Error> {
-        if sealed.status() == "reauth_required" {
-            return Err(self.reauth(&sealed));
+        if let Some(refused) = self.refusal(&sealed) {
+            return Err(refused);
         }
         if !self.needs_refresh(&sealed, margin) {
             return Ok(sealed);
@@ -96,8 +99,8 @@ impl Broker {
                     provider: sealed.provider().to_owned(),
                     url: self.oauth.connect_url(sealed.provider(), &[]),
                 })?;
-            if current.status() == "reauth_required" {
-                return Err(self.reauth(&current));
+            if let Some(refused) = self.refusal(&current) {
+                return Err(refused);
             }
             if !self.needs_refresh(&current, margin) {
                 return Ok(current);
@@ -170,16 +173,16 @@ impl Broker {
                 let mut tx = self.db.begin().await?;
                 let event = Event::new(Kind::CredentialRefreshed, actor.clone(), subject)
                     .detail(json!({"rotated_refresh_token": rotated}));
-                self.vault
-                    .store(
-                        &mut tx,
-                        event,
-                        current.user_id(),
-                        current.provider(),
-                        &merged,
-                        Scopes::Replace,
-                    )
-                    .await?;
+                // Written only over the row the refresh was taken on, still active: a
+                // disconnect (or anything else) that won the race stays as it left the row.
+                if !self
+                    .vault
+                    .store_refreshed(&mut tx, event, &current, &merged)
+                    .await?
+                {
+                    drop(tx);
+                    return Err(self.discard(&current, &merged, actor).await?);
+                }
                 tx.commit().await?;
                 self.vault
                     .load_by_id(current.id())
@@ -189,22 +192,10 @@ impl Broker {
             Err(OAuthError::ProviderError(reason)) if reason == "invalid_grant" => {
                 // Revoked or expired refresh token. Only if it is still the stored one
                 // (nobody replaced it meanwhile) does the connection need the user again.
+                // Only an active row (not one being disconnected) becomes `reauth_required`.
                 let mut tx = self.db.begin().await?;
-                let now_stored = conns::find_for_update(
-                    &mut tx,
-                    self.db.backend(),
-                    current.user_id(),
-                    current.provider(),
-                )
-                .await?;
-                let still_ours = now_stored
-                    .as_ref()
-                    .is_some_and(|r| r.id == current.id() && r.generation == current.generation());
-                if still_ours {
-                    self.vault
-                        .set_status(&mut tx, current.id(), "reauth_required")
-                        .await?;
-                }
+                let still_ours =
+                    conns::mark_reauth(&mut tx, current.id(), current.generation()).await?;
                 conns::release_refresh_lease(&mut tx, current.id()).await?;
                 let event = Event::new(Kind::RefreshFailed, actor.clone(), subject)
                     .outcome(Outcome::Failure)
@@ -239,6 +230,48 @@ impl Broker {
                 Err(Error::ProviderFailed(reason))
             }
         }
+    }
+}
+
+impl Broker {
+    /// The refreshed tokens of `current` found no row to go to (erased, no longer active,
+    /// or replaced meanwhile): they are never stored. Where the connection is gone or
+    /// being disconnected they are revoked at the provider (where it offers revocation;
+    /// not for a row replaced by a new grant, which revoking could end too), and the
+    /// outcome audited. Returns what the caller is told.
+    async fn discard(
+        &self,
+        current: &SealedCredential,
+        tokens: &TokenSet,
+        actor: &Actor,
+    ) -> Result<Error, Error> {
+        let now = self.vault.load_by_id(current.id()).await?;
+        let revoked = match &now {
+            Some(row) if row.status() == "active" => None,
+            _ => self.oauth.revoke_unstored(current.provider(), tokens).await,
+        };
+        let mut tx = self.db.begin().await?;
+        conns::release_refresh_lease(&mut tx, current.id()).await?;
+        let event = Event::new(
+            Kind::RefreshFailed,
+            actor.clone(),
+            format!("user:{}", current.user_id()),
+        )
+        .outcome(Outcome::Failure)
+        .detail(
+            json!({"connection": current.id(), "provider": current.provider(),
+            "reason": "connection_changed", "discarded": true,
+            "revoked": revoked.as_ref().map(|r| *r == Revoked::Done)}),
+        );
+        audit::append(&mut tx, self.clock.unix_ms(), event).await?;
+        tx.commit().await?;
+        Ok(match now {
+            None => Error::NotConnected {
+                provider: current.provider().to_owned(),
+                url: self.oauth.connect_url(current.provider(), &[]),
+            },
+            Some(row) => self.refusal(&row).unwrap_or(Error::RefreshBusy),
+        })
     }
 }
 

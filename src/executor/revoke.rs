@@ -1,11 +1,13 @@
 //! Token revocation at the provider (RFC 7009). It needs the plaintext token, so it lives
 //! with the executor: the token goes from the vault straight into the request body.
 
+use zeroize::Zeroizing;
+
 use super::Executor;
 use crate::oauth::{basic_auth, form_encode};
 use crate::providers::ClientAuth;
 use crate::secret::ClientSecret;
-use crate::vault::{SealedCredential, VaultError};
+use crate::vault::{SealedCredential, TokenSet, VaultError};
 
 /// Where and how to revoke.
 pub struct Revocation<'a> {
@@ -34,42 +36,53 @@ impl Executor {
         sealed: &SealedCredential,
         r: Revocation<'_>,
     ) -> Result<Revoked, VaultError> {
-        let body = self
-            .with_tokens(sealed, |t| {
-                let (token, hint) = match &t.refresh_token {
-                    Some(rt) => (rt.reveal(), "refresh_token"),
-                    None => (t.access_token.reveal(), "access_token"),
-                };
-                let mut body = zeroize::Zeroizing::new(format!(
-                    "token={}&token_type_hint={hint}",
-                    form_encode(token)
-                ));
-                if r.auth == ClientAuth::Post || r.secret.is_none() {
-                    body.push_str(&format!("&client_id={}", form_encode(r.client_id)));
-                }
-                if let (ClientAuth::Post, Some(secret)) = (r.auth, r.secret) {
-                    body.push_str(&format!("&client_secret={}", form_encode(secret.reveal())));
-                }
-                body
-            })
-            .await?;
-        let mut req = http
-            .post(r.url)
-            .header("Content-Type", "application/x-www-form-urlencoded")
-            .header("Accept", "application/json");
-        if let (ClientAuth::Basic, Some(secret)) = (r.auth, r.secret) {
-            req = req.header("Authorization", basic_auth(r.client_id, secret).as_str());
-        }
-        Ok(match req.body(body.to_string()).send().await {
-            Ok(resp) if resp.status().is_success() => Revoked::Done,
-            Ok(resp) if resp.status().as_u16() == 503 => Revoked::Unavailable,
-            Ok(resp) => {
-                Revoked::Failed(format!("the provider answered {}", resp.status().as_u16()))
-            }
-            Err(e) if e.is_timeout() => {
-                Revoked::Failed("the provider did not answer in time".into())
-            }
-            Err(_) => Revoked::Failed("the provider could not be reached".into()),
-        })
+        let body = self.with_tokens(sealed, |t| request_body(t, &r)).await?;
+        Ok(send(http, &body, &r).await)
+    }
+}
+
+/// Revokes tokens that were never stored (a refresh whose connection went away meanwhile):
+/// the refresh token, or the access token when there is none.
+pub async fn revoke_tokens(
+    http: &reqwest::Client,
+    tokens: &TokenSet,
+    r: Revocation<'_>,
+) -> Revoked {
+    send(http, &request_body(tokens, &r), &r).await
+}
+
+/// The form body of a revocation request for `t`.
+fn request_body(t: &TokenSet, r: &Revocation<'_>) -> Zeroizing<String> {
+    let (token, hint) = match &t.refresh_token {
+        Some(rt) => (rt.reveal(), "refresh_token"),
+        None => (t.access_token.reveal(), "access_token"),
+    };
+    let mut body = Zeroizing::new(format!(
+        "token={}&token_type_hint={hint}",
+        form_encode(token)
+    ));
+    if r.auth == ClientAuth::Post || r.secret.is_none() {
+        body.push_str(&format!("&client_id={}", form_encode(r.client_id)));
+    }
+    if let (ClientAuth::Post, Some(secret)) = (r.auth, r.secret) {
+        body.push_str(&format!("&client_secret={}", form_encode(secret.reveal())));
+    }
+    body
+}
+
+async fn send(http: &reqwest::Client, body: &Zeroizing<String>, r: &Revocation<'_>) -> Revoked {
+    let mut req = http
+        .post(r.url)
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .header("Accept", "application/json");
+    if let (ClientAuth::Basic, Some(secret)) = (r.auth, r.secret) {
+        req = req.header("Authorization", basic_auth(r.client_id, secret).as_str());
+    }
+    match req.body(body.to_string()).send().await {
+        Ok(resp) if resp.status().is_success() => Revoked::Done,
+        Ok(resp) if resp.status().as_u16() == 503 => Revoked::Unavailable,
+        Ok(resp) => Revoked::Failed(format!("the provider answered {}", resp.status().as_u16())),
+        Err(e) if e.is_timeout() => Revoked::Failed("the provider did not answer in time".into()),
+        Err(_) => Revoked::Failed("the provider could not be reached".into()),
     }
 }

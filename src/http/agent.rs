@@ -182,19 +182,30 @@ pub async fn run_tool(
     body: Bytes,
 ) -> Result<Response, Error> {
     let found = app.tools.get(&tool);
-    let (caller, connection) = request
-        .check(&app, found.map_or("", |t| t.provider.as_str()), Read::Fresh)
-        .await?;
+    let provider = found.map_or("", |t| t.provider.as_str());
+    let (mut caller, mut connection) = request.check(&app, provider, Read::Fresh).await?;
     let tool = found.ok_or_else(|| Error::UnknownTool(tool.clone()))?;
     if !caller.delegation.tools.iter().any(|t| t == &tool.name) {
         return Err(Error::ToolNotDelegated(tool.name.clone()));
     }
     let body: RunBody = json_body(&body)?;
     let url = tool.request_url(&body.args)?;
-    let out = app
-        .broker
-        .run(&caller, &app.policies, tool, url, connection)
-        .await?;
+    // The start is recorded only if the rows the run was decided on still hold; if they
+    // changed in between, it is decided again from a fresh read (the provider not called).
+    let mut again = 0;
+    let out = loop {
+        match app
+            .broker
+            .run(&caller, &app.policies, tool, url.clone(), connection)
+            .await
+        {
+            Err(Error::Stale) if again < STALE_RETRIES => {
+                again += 1;
+                (caller, connection) = request.check(&app, provider, Read::Again).await?;
+            }
+            other => break other?,
+        }
+    };
     Ok(Json(out).into_response())
 }
 
@@ -230,7 +241,8 @@ struct ReleaseBody {
     scopes: Option<Vec<String>>,
 }
 
-/// Fresh decisions a release makes when the rows it was decided on keep changing under it.
+/// Fresh decisions a release or tool run makes when the rows it was decided on keep
+/// changing under it.
 const STALE_RETRIES: usize = 2;
 
 /// `POST /v1/credentials/{provider}` — raw release, where policy allows.

@@ -66,6 +66,7 @@ impl AppState {
             absolute: config.session_absolute_timeout,
         };
         let sessions = Arc::new(Sessions::new(db.clone(), Arc::clone(&clock), timeouts));
+        let tools = crate::tools::resolve(&config)?;
         let oauth = OAuth::new(
             db.clone(),
             Arc::clone(&vault),
@@ -78,14 +79,13 @@ impl AppState {
         .map_err(|e| {
             crate::config::ConfigError::Parse(format!("cannot build the HTTP client: {e}"))
         })?;
-        let oauth = Arc::new(oauth);
+        let oauth = Arc::new(oauth.with_tools(&tools));
         let policies = crate::policy::Policies::load(&config.policies_dir).map_err(|e| {
             crate::config::ConfigError::Invalid {
                 key: "policies_dir".into(),
                 reason: e.to_string(),
             }
         })?;
-        let tools = crate::tools::resolve(&config)?;
         for (name, t) in &config.tools {
             if !providers.contains_key(&t.provider) {
                 return Err(crate::config::ConfigError::Invalid {

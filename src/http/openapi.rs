@@ -332,6 +332,7 @@ fn ops() -> Vec<Op> {
                 (429, "rate_limited"),
                 (502, "provider_error"),
                 (503, "provider_unavailable"),
+                (503, "credential_changed"),
             ],
         },
         Op {

@@ -1,11 +1,14 @@
 //! Disconnecting a connection: revocation at the provider (RFC 7009, performed by the
-//! executor, which alone holds the token), then erasure, audited in one transaction.
+//! executor, which alone holds the token), then erasure, audited in one transaction with
+//! the end of the user's delegations that name the provider (or a tool of it).
 
 use serde_json::json;
 
 use super::{Disconnected, OAuth, OAuthError};
 use crate::audit::{self, Actor, Event, Kind as AuditKind};
-use crate::executor::{Revocation, Revoked};
+use crate::executor::{Revocation, Revoked, revoke_tokens};
+use crate::store::agents as agent_rows;
+use crate::vault::TokenSet;
 
 impl OAuth {
     /// Disconnects one of `user_id`'s connections for `actor` (the user, or an admin):
@@ -24,21 +27,21 @@ impl OAuth {
             .await?
             .filter(|s| s.user_id() == user_id)
             .ok_or(OAuthError::NoSuchConnection)?;
-        let client = self.clients.get(sealed.provider());
-        let outcome =
-            match client.and_then(|c| c.provider.revocation_url.as_deref().map(|u| (c, u))) {
-                Some((c, url)) => {
-                    let r = Revocation {
-                        url,
-                        client_id: &c.client_id,
-                        secret: c.secret.as_ref(),
-                        auth: c.provider.client_auth,
-                    };
-                    Some(self.executor.revoke(&self.http, &sealed, r).await?)
-                }
-                None => None,
-            };
+        let outcome = match self.revocation(sealed.provider()) {
+            Some(r) => Some(self.executor.revoke(&self.http, &sealed, r).await?),
+            None => None,
+        };
         let mut tx = self.db.begin().await?;
+        // Whatever happens to the record, agents lose what they were given with it (a
+        // record pending revocation is not released either; see `executor`).
+        let tools: Vec<&str> = self
+            .tool_providers
+            .iter()
+            .filter(|(_, p)| p.as_str() == sealed.provider())
+            .map(|(t, _)| t.as_str())
+            .collect();
+        let ended =
+            agent_rows::end_delegations_naming(&mut tx, user_id, sealed.provider(), &tools).await?;
         let result = match outcome {
             Some(Revoked::Unavailable) => {
                 self.vault.set_status(&mut tx, id, "revoke_pending").await?;
@@ -73,6 +76,7 @@ impl OAuth {
         let mut detail = detail;
         if let Some(obj) = detail.as_object_mut() {
             obj.insert("provider".into(), json!(sealed.provider()));
+            obj.insert("delegations_ended".into(), json!(ended));
         }
         let event = Event::new(AuditKind::Disconnect, actor, format!("connection:{id}"))
             .outcome(outcome)
@@ -80,5 +84,27 @@ impl OAuth {
         audit::append(&mut tx, self.clock.unix_ms(), event).await?;
         tx.commit().await?;
         Ok(result)
+    }
+
+    /// Where and how `provider` revokes tokens, if it does (RFC 7009).
+    fn revocation(&self, provider: &str) -> Option<Revocation<'_>> {
+        let c = self.clients.get(provider)?;
+        Some(Revocation {
+            url: c.provider.revocation_url.as_deref()?,
+            client_id: &c.client_id,
+            secret: c.secret.as_ref(),
+            auth: c.provider.client_auth,
+        })
+    }
+
+    /// Revokes tokens that were never stored (a refresh whose connection was disconnected
+    /// meanwhile); `None` when the provider offers no revocation.
+    pub(crate) async fn revoke_unstored(
+        &self,
+        provider: &str,
+        tokens: &TokenSet,
+    ) -> Option<Revoked> {
+        let r = self.revocation(provider)?;
+        Some(revoke_tokens(&self.http, tokens, r).await)
     }
 }

@@ -125,6 +125,8 @@ pub struct OAuth {
     clock: Arc<dyn Clock>,
     executor: Executor,
     oidc: Oidc,
+    /// Each tool's provider: a disconnect ends the delegations naming its tools.
+    tool_providers: BTreeMap<String, String>,
 }
 
 /// A provider's endpoints, from the catalogue, configuration or discovery.
@@ -246,7 +248,18 @@ impl OAuth {
             public_url: config.public_url.clone(),
             flow_key,
             clock,
+            tool_providers: BTreeMap::new(),
         })
+    }
+
+    /// The tool catalogue, so that a disconnect ends the delegations naming a tool of the
+    /// provider as well as those naming the provider.
+    pub fn with_tools(mut self, tools: &BTreeMap<String, crate::tools::Tool>) -> OAuth {
+        self.tool_providers = tools
+            .iter()
+            .map(|(name, t)| (name.clone(), t.provider.clone()))
+            .collect();
+        self
     }
 
     fn client(&self, provider: &str, purpose: &Purpose) -> Result<&Client, OAuthError> {

@@ -119,6 +119,43 @@ pub async fn delete_delegations_of(conn: &mut Conn, user_id: &str) -> Result<u64
         .rows_affected())
 }
 
+/// Revokes the delegations `user_id` issued that name `provider`, or one of `tools` (the
+/// provider's tools), inside the caller's transaction; returns their handles.
+pub async fn end_delegations_naming(
+    conn: &mut Conn,
+    user_id: &str,
+    provider: &str,
+    tools: &[&str],
+) -> Result<Vec<String>, sqlx::Error> {
+    // The lists are JSON text, read here rather than matched in SQL the two backends would
+    // spell differently; a user has a handful of delegations.
+    let rows = sqlx::query("SELECT handle, tools, providers FROM delegation WHERE user_id = $1")
+        .bind(user_id)
+        .fetch_all(&mut *conn)
+        .await?;
+    let list = |s: &str| serde_json::from_str::<Vec<String>>(s).unwrap_or_default();
+    let mut ended = Vec::new();
+    for r in &rows {
+        let names_it = list(&r.try_get::<String, _>("providers")?)
+            .iter()
+            .any(|p| p == provider)
+            || list(&r.try_get::<String, _>("tools")?)
+                .iter()
+                .any(|t| tools.contains(&t.as_str()));
+        if names_it {
+            ended.push(r.try_get::<String, _>("handle")?);
+        }
+    }
+    ended.sort();
+    for handle in &ended {
+        sqlx::query("DELETE FROM delegation WHERE handle = $1")
+            .bind(handle)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(ended)
+}
+
 /// Removes delegations past their expiry; returns how many.
 pub async fn purge_delegations<'e, E>(e: E, now: i64) -> Result<u64, sqlx::Error>
 where

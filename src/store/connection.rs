@@ -173,6 +173,48 @@ pub async fn replace(conn: &mut Conn, new: &NewEnvelope<'_>) -> Result<u64, sqlx
     .rows_affected())
 }
 
+/// Replaces the sealed token set of row `new.id` after a refresh and bumps its generation,
+/// only if the row is still at `generation` and active; never inserts, never changes the
+/// status. `false` when no row was written: it was erased, marked (a disconnect pending
+/// revocation, say) or replaced since the refresh was taken on it.
+pub async fn replace_refreshed(
+    conn: &mut Conn,
+    new: &NewEnvelope<'_>,
+    generation: i64,
+) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE connection SET scopes = $2, kek_version = $3, generation = generation + 1, \
+         envelope = $4, expires_at = $5, updated_at = $6, refresh_lease_until = NULL \
+         WHERE id = $1 AND generation = $7 AND status = 'active'",
+    )
+    .bind(new.id)
+    .bind(new.scopes)
+    .bind(new.kek_version)
+    .bind(new.envelope)
+    .bind(new.expires_at)
+    .bind(new.now)
+    .bind(generation)
+    .execute(conn)
+    .await?
+    .rows_affected()
+        > 0)
+}
+
+/// Marks row `id` `reauth_required` if it is still at `generation` and active; whether it
+/// did.
+pub async fn mark_reauth(conn: &mut Conn, id: &str, generation: i64) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE connection SET status = 'reauth_required' \
+         WHERE id = $1 AND generation = $2 AND status = 'active'",
+    )
+    .bind(id)
+    .bind(generation)
+    .execute(conn)
+    .await?
+    .rows_affected()
+        > 0)
+}
+
 pub async fn by_user_provider<'e, E>(
     e: E,
     user_id: &str,

@@ -367,6 +367,42 @@ impl Vault {
         Ok(row.id)
     }
 
+    /// Seals `tokens`, a refresh of `current`, over its row inside the caller's
+    /// transaction and appends `event` as [`Vault::store`] does, but only if the row is
+    /// still the one the refresh was taken on (same generation) and active. It never
+    /// creates a row: a connection erased or marked while its refresh was at the provider
+    /// stays so. `false` when nothing was written (the caller then rolls back, and must
+    /// not use the tokens).
+    pub async fn store_refreshed(
+        &self,
+        conn: &mut Conn,
+        event: Event,
+        current: &SealedCredential,
+        tokens: &TokenSet,
+    ) -> Result<bool, VaultError> {
+        let (version, kek) = self.reserve(conn, 1).await?;
+        let row = &current.row;
+        let granted = tokens.scopes.clone();
+        let plaintext = tokens.encode_with(&granted);
+        let env = self.seal_with(&kek, version, binding(row), &plaintext)?;
+        let new = NewEnvelope {
+            id: &row.id,
+            user_id: &row.user_id,
+            provider: &row.provider,
+            scopes: &granted.join(" "),
+            kek_version: version,
+            envelope: &env,
+            expires_at: tokens.expires_at,
+            now: self.clock.unix(),
+        };
+        if !conns::replace_refreshed(conn, &new, row.generation).await? {
+            return Ok(false);
+        }
+        self.audit_store(conn, event, &row.id, &row.provider, version, &granted)
+            .await?;
+        Ok(true)
+    }
+
     async fn audit_store(
         &self,
         conn: &mut Conn,
