@@ -426,7 +426,7 @@ impl Broker {
         self.journal
             .record(event, None)
             .await
-            .map_err(|e| Error::NotRecorded(e.to_string()))?;
+            .map_err(Error::NotRecorded)?;
         match (outcome, failure) {
             (Ok(out), None) => Ok(out),
             (_, Some(reason)) => Err(Error::ProviderFailed(reason)),

@@ -214,7 +214,8 @@ fn config(site: &Site, base: &str) -> strongbox::config::Config {
          revocation_url = \"{base}/revoke\"\nscopes = [\"openid\", \"email\"]\n\
          [providers.microsoft]\nclient_id = \"cid\"\nclient_secret = \"csecret\"\ntoken_url = \"{base}/token\"\n\
          [tools.\"acme.items\"]\nprovider = \"acme\"\nmethod = \"GET\"\nurl = \"{base}/api/items/{{item}}/detail\"\n\
-         query = [\"limit\"]\nscopes = [\"email\"]\n\
+         query = [\"limit\"]\nscopes = [\"email\"]\ndescription = \"One item of the user's\"\n\
+         args = {{ item = \"The item's id\" }}\n\
          [tools.\"acme.other\"]\nprovider = \"acme\"\nmethod = \"GET\"\nurl = \"{base}/api/other\"\nscopes = [\"email\"]\n\
          [tools.\"acme.out\"]\nprovider = \"acme\"\nmethod = \"GET\"\nurl = \"{base}/redirect-out\"\nscopes = [\"email\"]\n\
          [tools.\"acme.admin\"]\nprovider = \"acme\"\nmethod = \"GET\"\nurl = \"{base}/api/admin\"\nscopes = [\"admin\"]\n",

@@ -449,3 +449,69 @@ async fn per_agent_rate_limit() {
     .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
 }
+
+/// `GET /v1/tools` lists exactly the delegation's tools, each with its description and the
+/// JSON Schema of its arguments; no delegation, no list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tools_agents_can_read() {
+    let site = Site::new(crate::support::Engine::Sqlite).await.unwrap();
+    let World {
+        state,
+        app,
+        user,
+        bot_secret,
+        ..
+    } = world(&site).await;
+    let bearer = format!("Bearer {bot_secret}");
+    let dlg = delegate(&state, &user, "bot", &["acme.items", "acme.other"], 900).await;
+    let r = call(
+        &app,
+        "GET",
+        "/v1/tools",
+        &[("authorization", &bearer), ("strongbox-delegation", &dlg)],
+        json!(null),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let tools = r.json["tools"].as_array().unwrap();
+    let names: Vec<&str> = tools.iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["acme.items", "acme.other"]);
+    assert_eq!(tools[0]["description"], "One item of the user's");
+    assert_eq!(tools[0]["provider"], "acme");
+    assert_eq!(tools[0]["scopes"], json!(["email"]));
+    assert_eq!(
+        tools[0]["input_schema"],
+        json!({
+            "type": "object",
+            "properties": {
+                "item": {"type": "string", "description": "The item's id"},
+                "limit": {"type": "string"},
+            },
+            "required": ["item"],
+            "additionalProperties": false,
+        })
+    );
+    assert!(
+        tools[1]["description"]
+            .as_str()
+            .unwrap()
+            .contains("/api/other"),
+        "a tool without a description gets one from its method and URL"
+    );
+    // Without a valid delegation there is nothing to list.
+    let r = call(
+        &app,
+        "GET",
+        "/v1/tools",
+        &[
+            ("authorization", &bearer),
+            ("strongbox-delegation", "sbx_dlg_nope"),
+        ],
+        json!(null),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.json["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("delegation_invalid"))
+    );
+}
