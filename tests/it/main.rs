@@ -18,4 +18,5 @@ mod oauth;
 mod oidc;
 mod quirks;
 mod serve;
+mod sessions;
 mod support;
