@@ -131,10 +131,7 @@ impl OAuth {
             refresh_token: text("refresh_token").map(RefreshToken::new),
             id_token: text("id_token").map(IdToken::new),
             token_type: text("token_type").unwrap_or_else(|| "Bearer".into()),
-            expires_at: json
-                .get("expires_in")
-                .and_then(Value::as_i64)
-                .map(|s| self.clock.unix() + s),
+            expires_at: expires_at(self.clock.unix(), json.get("expires_in")),
             scopes: granted
                 .split(sep)
                 .filter(|s| !s.is_empty())
@@ -185,6 +182,32 @@ impl OAuth {
     }
 }
 
+/// The longest access-token lifetime believed: a provider's `expires_in` is clamped to
+/// `0..=MAX_LIFETIME` seconds.
+const MAX_LIFETIME: i64 = 365 * 24 * 3600;
+
+/// When an access token with the provider's `expires_in` expires, `None` when it gives
+/// none. The value is untrusted: a negative one means expired now, a larger one than
+/// [`MAX_LIFETIME`] (up to overflowing any integer type) means a year, and a fraction or a
+/// numeric string (some providers send `"3600"`) counts in whole seconds.
+fn expires_at(now: i64, expires_in: Option<&Value>) -> Option<i64> {
+    let seconds = match expires_in? {
+        Value::Number(n) => n
+            .as_i64()
+            .or_else(|| n.as_u64().map(|_| MAX_LIFETIME))
+            // `as` saturates (and maps NaN to 0), which the clamp below then bounds.
+            .or_else(|| n.as_f64().map(|f| f as i64))?,
+        Value::String(s) => {
+            let s = s.trim();
+            s.parse::<i64>()
+                .ok()
+                .or_else(|| s.parse::<f64>().ok().map(|f| f as i64))?
+        }
+        _ => return None,
+    };
+    Some(now.saturating_add(seconds.clamp(0, MAX_LIFETIME)))
+}
+
 /// A person as the provider describes them.
 pub(super) struct Person {
     pub(super) subject: String,
@@ -223,4 +246,39 @@ async fn read_json(resp: reqwest::Response) -> Result<Value, OAuthError> {
         return Err(bad());
     }
     serde_json::from_slice(&bytes).map_err(|_| bad())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::{MAX_LIFETIME, expires_at};
+
+    #[test]
+    fn expires_in_is_clamped_to_a_year() {
+        let now = 1_800_000_000;
+        let at = |v: serde_json::Value| expires_at(now, Some(&v));
+        assert_eq!(at(json!(3600)), Some(now + 3600));
+        assert_eq!(at(json!("3599")), Some(now + 3599));
+        assert_eq!(at(json!(3600.7)), Some(now + 3600));
+        assert_eq!(at(json!(0)), Some(now));
+        for expired in [json!(-5), json!(i64::MIN), json!(-1e300)] {
+            assert_eq!(at(expired.clone()), Some(now), "{expired}");
+        }
+        for huge in [
+            json!(MAX_LIFETIME + 1),
+            json!(i64::MAX),
+            json!(u64::MAX),
+            json!(1e300),
+            json!("9223372036854775807"),
+            json!("99999999999999999999"),
+        ] {
+            assert_eq!(at(huge.clone()), Some(now + MAX_LIFETIME), "{huge}");
+        }
+        assert_eq!(expires_at(i64::MAX - 10, Some(&json!(3600))), Some(i64::MAX));
+        for none in [json!(null), json!("soon"), json!(true), json!([1])] {
+            assert_eq!(at(none.clone()), None, "{none}");
+        }
+        assert_eq!(expires_at(now, None), None);
+    }
 }
