@@ -31,6 +31,7 @@ pub mod http;
 pub mod journal;
 pub mod oauth;
 pub mod oidc;
+pub mod outbound;
 pub mod policy;
 pub mod providers;
 pub mod secret;

@@ -151,7 +151,9 @@ pub async fn login(
     Path(provider): Path<String>,
     Query(q): Query<LoginQuery>,
 ) -> Result<Response, Error> {
-    // One transaction: an unknown provider leaves no session and no flow behind.
+    // Discovery before the transaction; then one transaction, so an unknown provider
+    // leaves no session and no flow behind.
+    let prepared = app.oauth.prepare(&provider, Purpose::Login).await?;
     let mut tx = app.db.begin().await?;
     let (token, fresh) = match current {
         Some(s) => (s.token, false),
@@ -159,14 +161,7 @@ pub async fn login(
     };
     let url = app
         .oauth
-        .start(
-            &mut tx,
-            &token,
-            &provider,
-            Purpose::Login,
-            &[],
-            q.return_to.as_deref(),
-        )
+        .start(&mut tx, prepared, &token, &[], q.return_to.as_deref())
         .await?;
     tx.commit().await?;
     let mut resp = redirect(&url);
@@ -201,14 +196,14 @@ pub async fn connect(
     let purpose = Purpose::Connect {
         user_id: me.user_id,
     };
+    let prepared = app.oauth.prepare(&provider, purpose).await?;
     let mut tx = app.db.begin().await?;
     let url = app
         .oauth
         .start(
             &mut tx,
+            prepared,
             &me.token,
-            &provider,
-            purpose,
             &scopes,
             q.return_to.as_deref(),
         )

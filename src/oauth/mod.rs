@@ -136,6 +136,25 @@ struct Endpoints {
     jwks: Option<String>,
 }
 
+/// A flow whose provider and endpoints are resolved, from [`OAuth::prepare`]; the only way
+/// to [`OAuth::start`] one, so endpoints are never looked up inside the transaction.
+pub struct Prepared<'a> {
+    client: &'a Client,
+    endpoints: Endpoints,
+    purpose: Purpose,
+}
+
+/// The provider's default scopes followed by `extra` ones it does not already have.
+fn requested(p: &Provider, extra: &[String]) -> Vec<String> {
+    let mut scopes = p.scopes.clone();
+    for s in extra {
+        if !scopes.contains(s) {
+            scopes.push(s.clone());
+        }
+    }
+    scopes
+}
+
 /// What a disconnect did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Disconnected {
@@ -341,28 +360,58 @@ impl OAuth {
         b64(&hmac_sha256(self.flow_key.as_slice(), &msg))
     }
 
-    /// Starts a flow for the browser session `session` inside the caller's transaction and
-    /// returns the provider URL to send the browser to.
+    /// Resolves what starting a flow at `provider` needs from the network (a generic OIDC
+    /// provider's discovery document) before the caller opens a transaction: on SQLite the
+    /// transaction holds the one write lock, which a slow provider must never hold up.
+    pub async fn prepare(
+        &self,
+        provider: &str,
+        purpose: Purpose,
+    ) -> Result<Prepared<'_>, OAuthError> {
+        let client = self.client(provider, &purpose)?;
+        let endpoints = self.endpoints(client).await?;
+        Ok(Prepared {
+            client,
+            endpoints,
+            purpose,
+        })
+    }
+
+    /// The display name of `provider` and the scopes connecting it with `extra` asks for:
+    /// what a person confirms before a connect flow starts. No network.
+    pub fn connect_plan(
+        &self,
+        provider: &str,
+        extra: &[String],
+    ) -> Result<(String, Vec<String>), OAuthError> {
+        let c = self
+            .clients
+            .get(provider)
+            .ok_or(OAuthError::UnknownProvider)?;
+        Ok((c.provider.display_name.clone(), requested(&c.provider, extra)))
+    }
+
+    /// Starts a prepared flow for the browser session `session` inside the caller's
+    /// transaction (no network here) and returns the provider URL to send the browser to.
     pub async fn start(
         &self,
         conn: &mut Conn,
+        prepared: Prepared<'_>,
         session: &SessionToken,
-        provider: &str,
-        purpose: Purpose,
         extra_scopes: &[String],
         return_to: Option<&str>,
     ) -> Result<String, OAuthError> {
-        let c = self.client(provider, &purpose)?;
+        let Prepared {
+            client: c,
+            endpoints,
+            purpose,
+        } = prepared;
         let p = &c.provider;
+        let provider = p.name.as_str();
         let mut state_raw = [0u8; 32];
         fill_random(&mut state_raw).map_err(crate::vault::VaultError::from)?;
         let state = b64(&state_raw);
-        let mut scopes = p.scopes.clone();
-        for s in extra_scopes {
-            if !scopes.contains(s) {
-                scopes.push(s.clone());
-            }
-        }
+        let scopes = requested(p, extra_scopes);
         let (purpose_name, user_id) = match purpose {
             Purpose::Login => ("login", None),
             Purpose::Connect { user_id } => ("connect", Some(user_id)),
@@ -376,8 +425,6 @@ impl OAuth {
             return_to: safe_return_to(return_to),
             expires_at: self.clock.unix() + FLOW_TTL,
         };
-        // Endpoints first: discovery may go to the network, never while holding the lock.
-        let endpoints = self.endpoints(c).await?;
         identities::insert_flow(conn, &sha256(&[state.as_bytes()]), &flow).await?;
         let verifier = self.derived("pkce:", &state);
         let challenge = b64(&sha256(&[verifier.as_bytes()]));
@@ -484,12 +531,21 @@ impl OAuth {
                     .oidc
                     .verify(&self.http, id_token.reveal(), &expect)
                     .await?;
-                Person {
+                let mut who = Person {
                     subject: claims.subject,
                     email: claims.email,
                     email_verified: claims.email_verified,
                     name: claims.name,
+                };
+                // OIDC Core §5.4: with an access token, a provider may keep the email
+                // and name for UserInfo only.
+                if (who.email.is_none() || who.name.is_none())
+                    && let Some(url) = endpoints.userinfo.as_deref()
+                {
+                    self.complete_profile(c, url, &tokens.access_token, &mut who)
+                        .await?;
                 }
+                who
             }
             (crate::providers::Kind::Oidc, None) => {
                 return Err(OAuthError::ProviderFailed("no_id_token".into()));

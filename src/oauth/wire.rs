@@ -5,6 +5,7 @@
 use serde_json::Value;
 
 use super::{Client, MAX_RESPONSE, OAuth, OAuthError, basic_auth, form_encode, sanitize};
+use crate::outbound::{BodyError, read_capped};
 use crate::providers::ClientAuth;
 use crate::secret::{AccessToken, IdToken, RefreshToken};
 use crate::vault::TokenSet;
@@ -140,6 +141,32 @@ impl OAuth {
         })
     }
 
+    /// Fills the email (with its `email_verified`) and the name an ID token left out from
+    /// the provider's UserInfo answer. That answer must be about the ID token's subject
+    /// (OIDC Core §5.3.2): one about anyone else is refused, never used.
+    pub(super) async fn complete_profile(
+        &self,
+        c: &Client,
+        url: &str,
+        token: &AccessToken,
+        who: &mut Person,
+    ) -> Result<(), OAuthError> {
+        let info = self.userinfo(c, url, token).await?;
+        if info.subject != who.subject {
+            return Err(OAuthError::ProviderError(
+                "userinfo_subject_mismatch".into(),
+            ));
+        }
+        if who.email.is_none() {
+            who.email = info.email;
+            who.email_verified = info.email_verified;
+        }
+        if who.name.is_none() {
+            who.name = info.name;
+        }
+        Ok(())
+    }
+
     /// Who the access token belongs to, from the provider's userinfo endpoint.
     pub(super) async fn userinfo(
         &self,
@@ -233,19 +260,20 @@ pub(crate) async fn get_json(http: &reqwest::Client, url: &str) -> Result<Value,
     read_json(resp).await
 }
 
+/// Reads a provider's JSON answer, stopping at [`MAX_RESPONSE`] bytes.
 async fn read_json(resp: reqwest::Response) -> Result<Value, OAuthError> {
-    let bad = || OAuthError::ProviderFailed("malformed_response".into());
-    if resp
-        .content_length()
-        .is_some_and(|n| n > MAX_RESPONSE as u64)
-    {
-        return Err(bad());
-    }
-    let bytes = resp.bytes().await.map_err(|_| bad())?;
-    if bytes.len() > MAX_RESPONSE {
-        return Err(bad());
-    }
-    serde_json::from_slice(&bytes).map_err(|_| bad())
+    let bytes = read_capped(resp, MAX_RESPONSE).await.map_err(|e| {
+        OAuthError::ProviderFailed(
+            match e {
+                BodyError::TooLarge => "response_too_large",
+                BodyError::Timeout => "response_timeout",
+                BodyError::Interrupted => "response_interrupted",
+            }
+            .into(),
+        )
+    })?;
+    serde_json::from_slice(&bytes)
+        .map_err(|_| OAuthError::ProviderFailed("malformed_response".into()))
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ mod kat;
 mod leak;
 mod oauth;
 mod oidc;
+mod oidc_wire;
 mod quirks;
 mod serve;
 mod sessions;
