@@ -12,6 +12,7 @@ mod admin;
 mod agents;
 mod browser;
 mod cli;
+mod connect;
 mod kat;
 mod leak;
 mod oauth;

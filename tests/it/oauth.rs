@@ -194,6 +194,28 @@ impl Browser {
         cookie: Option<&str>,
         extra: &[(&str, &str)],
     ) -> Reply {
+        self.request(method, uri, cookie, extra, None).await
+    }
+
+    /// A `POST` of the form `form` (already urlencoded).
+    pub(crate) async fn post_form(
+        &self,
+        uri: &str,
+        cookie: Option<&str>,
+        extra: &[(&str, &str)],
+        form: &str,
+    ) -> Reply {
+        self.request("POST", uri, cookie, extra, Some(form)).await
+    }
+
+    async fn request(
+        &self,
+        method: &str,
+        uri: &str,
+        cookie: Option<&str>,
+        extra: &[(&str, &str)],
+        form: Option<&str>,
+    ) -> Reply {
         let mut req = Request::builder()
             .method(method)
             .uri(uri)
@@ -201,13 +223,17 @@ impl Browser {
         if let Some(c) = cookie {
             req = req.header(header::COOKIE, format!("strongbox={c}"));
         }
+        if form.is_some() {
+            req = req.header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+        }
         for (k, v) in extra {
             req = req.header(*k, *v);
         }
+        let body = form.map_or_else(Body::empty, |f| Body::from(f.to_owned()));
         let resp = self
             .app
             .clone()
-            .oneshot(req.body(Body::empty()).unwrap())
+            .oneshot(req.body(body).unwrap())
             .await
             .unwrap();
         let status = resp.status();
