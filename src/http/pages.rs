@@ -188,9 +188,7 @@ impl ConfirmConnect<'_> {
                 esc(r)
             );
         }
-        body.push_str(
-            "<button>Continue</button> <a class=\"button\" href=\"/\">Cancel</a></form>",
-        );
+        body.push_str("<button>Continue</button> <a class=\"button\" href=\"/\">Cancel</a></form>");
         page(&format!("Connect {}", self.display), &body)
     }
 }

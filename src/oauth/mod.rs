@@ -388,7 +388,10 @@ impl OAuth {
             .clients
             .get(provider)
             .ok_or(OAuthError::UnknownProvider)?;
-        Ok((c.provider.display_name.clone(), requested(&c.provider, extra)))
+        Ok((
+            c.provider.display_name.clone(),
+            requested(&c.provider, extra),
+        ))
     }
 
     /// Starts a prepared flow for the browser session `session` inside the caller's

@@ -303,7 +303,10 @@ mod tests {
         ] {
             assert_eq!(at(huge.clone()), Some(now + MAX_LIFETIME), "{huge}");
         }
-        assert_eq!(expires_at(i64::MAX - 10, Some(&json!(3600))), Some(i64::MAX));
+        assert_eq!(
+            expires_at(i64::MAX - 10, Some(&json!(3600))),
+            Some(i64::MAX)
+        );
         for none in [json!(null), json!("soon"), json!(true), json!([1])] {
             assert_eq!(at(none.clone()), None, "{none}");
         }

@@ -62,7 +62,10 @@ async fn confirmation(b: &Browser, path: &str, cookie: &str) -> String {
             "GET",
             path,
             Some(cookie),
-            &[("sec-fetch-site", "cross-site"), ("sec-fetch-mode", "navigate")],
+            &[
+                ("sec-fetch-site", "cross-site"),
+                ("sec-fetch-mode", "navigate"),
+            ],
             "",
         )
         .await;
@@ -148,7 +151,11 @@ async fn cross_site_connect(site: Site) {
             (StatusCode::FORBIDDEN, Some("csrf_failed")),
             "{headers:?} {body}"
         );
-        assert_eq!(flows(&site).await, before, "{headers:?}: a flow was written");
+        assert_eq!(
+            flows(&site).await,
+            before,
+            "{headers:?}: a flow was written"
+        );
     }
     // From a no-referrer page a browser sends `Origin: null` with `Sec-Fetch-Site`.
     let r = b
@@ -168,7 +175,12 @@ async fn cross_site_connect(site: Site) {
     assert_eq!(flows(&site).await, before + 1);
     let callback = b.authorize(&url).await;
     let done = b.send("GET", &callback, Some(&alice), &[]).await;
-    assert_eq!(done.location.as_deref(), Some("/account"), "{:?}", done.body);
+    assert_eq!(
+        done.location.as_deref(),
+        Some("/account"),
+        "{:?}",
+        done.body
+    );
     let sealed = vault.load(&user_id, "acme").await.unwrap().unwrap();
     assert_eq!(sealed.scopes(), ["openid", "email", "calendar", "contacts"]);
 
@@ -250,7 +262,11 @@ async fn reauth_link(site: Site) {
     let done = b.send("GET", &callback, Some(&alice), &[]).await;
     assert_eq!(done.status, StatusCode::SEE_OTHER, "{:?}", done.body);
     let sealed = vault.load(&user_id, "acme").await.unwrap().unwrap();
-    assert!(sealed.scopes().contains(&"calendar"), "{:?}", sealed.scopes());
+    assert!(
+        sealed.scopes().contains(&"calendar"),
+        "{:?}",
+        sealed.scopes()
+    );
 }
 
 mod cross_site_connect_is_confirmed {

@@ -378,7 +378,8 @@ async fn microsoft_tenant_issuer() {
 
     // Microsoft's ID tokens carry no email here: it comes from UserInfo (Graph's
     // `/oidc/userinfo` in the catalogue), about the same subject.
-    idp.lock().unwrap().userinfo = Some(json!({"sub": "ms-alice", "email": "alice@contoso.example"}));
+    idp.lock().unwrap().userinfo =
+        Some(json!({"sub": "ms-alice", "email": "alice@contoso.example"}));
     idp.lock().unwrap().tenant = Some((tenant.into(), tenant.into()));
     let cookie = b.sign_in_with("microsoft").await.unwrap();
     let me = b.send("GET", "/api/me", Some(&cookie), &[]).await;

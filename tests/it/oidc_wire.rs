@@ -50,7 +50,11 @@ async fn claims_from_userinfo(site: Site) {
     let me = b.send("GET", "/api/me", Some(&cookie), &[]).await;
     let id = &me.body["identities"][0];
     assert_eq!(
-        (id["subject"].as_str(), id["email"].as_str(), id["name"].as_str()),
+        (
+            id["subject"].as_str(),
+            id["email"].as_str(),
+            id["name"].as_str()
+        ),
         (
             Some("oidc-alice"),
             Some("alice@userinfo.example"),
@@ -60,7 +64,8 @@ async fn claims_from_userinfo(site: Site) {
         me.body
     );
     assert_eq!(idp.lock().unwrap().userinfo_calls, 1);
-    let verified = "SELECT COUNT(*) FROM identity WHERE subject = 'oidc-alice' AND email_verified = 1";
+    let verified =
+        "SELECT COUNT(*) FROM identity WHERE subject = 'oidc-alice' AND email_verified = 1";
     assert_eq!(count(&site.url, verified).await, 1);
 
     // A UserInfo answer about another subject is refused, and nothing of it is kept.
@@ -80,7 +85,8 @@ async fn claims_from_userinfo(site: Site) {
         refused.body
     );
     assert!(refused.cookie.is_none());
-    let kept = "SELECT COUNT(*) FROM identity WHERE email = 'mallory@evil.example' OR name = 'Mallory'";
+    let kept =
+        "SELECT COUNT(*) FROM identity WHERE email = 'mallory@evil.example' OR name = 'Mallory'";
     assert_eq!(count(&site.url, kept).await, 0);
     assert_eq!(count(&site.url, "SELECT COUNT(*) FROM identity").await, 1);
 }
