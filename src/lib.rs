@@ -32,6 +32,7 @@ pub mod journal;
 pub mod limits;
 pub mod oauth;
 pub mod oidc;
+pub mod outbound;
 pub mod policy;
 pub mod providers;
 pub mod secret;

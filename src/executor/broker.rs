@@ -18,6 +18,7 @@ use crate::clock::{Clock, rfc3339};
 use crate::error::Error;
 use crate::journal::{Journal, Unrecorded};
 use crate::oauth::OAuth;
+use crate::outbound::BodyError;
 use crate::policy::{Action, Policies};
 use crate::store::Db;
 use crate::store::agents::Basis;
@@ -437,7 +438,7 @@ impl Broker {
 
 /// Sends a tool request and reads at most [`MAX_TOOL_RESPONSE`] bytes of the answer.
 async fn read_tool_response(request: reqwest::RequestBuilder) -> Result<ToolOutput, String> {
-    let mut resp = request.send().await.map_err(|e| {
+    let resp = request.send().await.map_err(|e| {
         if e.is_timeout() {
             "timeout".to_owned()
         } else {
@@ -451,25 +452,13 @@ async fn read_tool_response(request: reqwest::RequestBuilder) -> Result<ToolOutp
             headers.insert((*name).to_owned(), v.into());
         }
     }
-    if resp
-        .content_length()
-        .is_some_and(|n| n > MAX_TOOL_RESPONSE as u64)
-    {
-        return Err("response_too_large".into());
-    }
-    let mut bytes = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| {
-        if e.is_timeout() {
-            "timeout".to_owned()
-        } else {
-            "response_interrupted".to_owned()
-        }
-    })? {
-        if bytes.len() + chunk.len() > MAX_TOOL_RESPONSE {
-            return Err("response_too_large".into());
-        }
-        bytes.extend_from_slice(&chunk);
-    }
+    let bytes = crate::outbound::read_capped(resp, MAX_TOOL_RESPONSE)
+        .await
+        .map_err(|e| match e {
+            BodyError::TooLarge => "response_too_large".to_owned(),
+            BodyError::Timeout => "timeout".to_owned(),
+            BodyError::Interrupted => "response_interrupted".to_owned(),
+        })?;
     let is_json = headers
         .get("content-type")
         .and_then(Value::as_str)

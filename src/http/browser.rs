@@ -1,13 +1,14 @@
 //! Browser routes (SPEC §5, §6): sign-in, connect, the OAuth callback, logout, and the
 //! JSON the account page needs. The session lives in one cookie: `__Host-strongbox`
 //! (Secure) over https, `strongbox` on plain-http development. State-changing requests
-//! need a same-origin `Origin` (or `Sec-Fetch-Site: same-origin`) and the CSRF token.
+//! need a same-origin `Origin` (or `Sec-Fetch-Site: same-origin`) and the CSRF token; a
+//! connect flow that another site navigates to is confirmed on a page of ours first.
 
 use axum::Json;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::{Html, IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -151,7 +152,9 @@ pub async fn login(
     Path(provider): Path<String>,
     Query(q): Query<LoginQuery>,
 ) -> Result<Response, Error> {
-    // One transaction: an unknown provider leaves no session and no flow behind.
+    // Discovery before the transaction; then one transaction, so an unknown provider
+    // leaves no session and no flow behind.
+    let prepared = app.oauth.prepare(&provider, Purpose::Login).await?;
     let mut tx = app.db.begin().await?;
     let (token, fresh) = match current {
         Some(s) => (s.token, false),
@@ -159,14 +162,7 @@ pub async fn login(
     };
     let url = app
         .oauth
-        .start(
-            &mut tx,
-            &token,
-            &provider,
-            Purpose::Login,
-            &[],
-            q.return_to.as_deref(),
-        )
+        .start(&mut tx, prepared, &token, &[], q.return_to.as_deref())
         .await?;
     tx.commit().await?;
     let mut resp = redirect(&url);
@@ -183,35 +179,92 @@ pub struct ConnectQuery {
     return_to: Option<String>,
 }
 
-/// `GET /connect/{provider}?scopes=a,b` — link a provider account with those scopes.
-pub async fn connect(
-    State(app): State<AppState>,
-    me: SignedIn,
-    Path(provider): Path<String>,
-    Query(q): Query<ConnectQuery>,
-) -> Result<Response, Error> {
-    let scopes: Vec<String> = q
-        .scopes
-        .as_deref()
-        .unwrap_or_default()
+/// `a,b c` as a scope list.
+fn scope_list(raw: Option<&str>) -> Vec<String> {
+    raw.unwrap_or_default()
         .split([',', ' '])
         .filter(|s| !s.is_empty())
         .map(str::to_owned)
-        .collect();
+        .collect()
+}
+
+/// Whether a navigation was started by another site (`Sec-Fetch-Site`, which no page can
+/// set, or an `Origin` other than ours). `same-site` counts: a sibling subdomain is not
+/// this origin. Requests without fetch metadata (non-browser clients, old browsers) and
+/// `none` (typed, bookmarked) are not.
+fn cross_site(app: &AppState, headers: &HeaderMap) -> bool {
+    let fetch_site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+    let foreign_origin = headers
+        .get(header::ORIGIN)
+        .is_some_and(|o| o.as_bytes() != app.config.public_url.as_bytes());
+    matches!(fetch_site, Some("cross-site" | "same-site")) || foreign_origin
+}
+
+/// `GET /connect/{provider}?scopes=a,b` — link a provider account with those scopes. A
+/// navigation from another site gets a confirmation page instead: the session cookie is
+/// `SameSite=Lax`, so any site could otherwise start a flow that a provider remembering
+/// its consent completes without asking.
+pub async fn connect(
+    State(app): State<AppState>,
+    me: SignedIn,
+    headers: HeaderMap,
+    Path(provider): Path<String>,
+    Query(q): Query<ConnectQuery>,
+) -> Result<Response, Error> {
+    let scopes = scope_list(q.scopes.as_deref());
+    if cross_site(&app, &headers) {
+        let (display, all) = app.oauth.connect_plan(&provider, &scopes)?;
+        let page = super::pages::ConfirmConnect {
+            provider: &provider,
+            display: &display,
+            scopes: &all,
+            extra: &scopes,
+            return_to: q.return_to.as_deref(),
+            csrf: &Sessions::csrf_token(&me.token),
+        };
+        return Ok(Html(page.render()).into_response());
+    }
+    start_connect(&app, me, &provider, &scopes, q.return_to.as_deref()).await
+}
+
+/// The confirmation page's form. The CSRF token is not printable: no `Debug`.
+#[derive(Deserialize, Default)]
+pub struct ConnectForm {
+    csrf_token: Option<String>,
+    scopes: Option<String>,
+    return_to: Option<String>,
+}
+
+/// `POST /connect/{provider}` — the confirmation page's Continue button.
+pub async fn connect_confirmed(
+    State(app): State<AppState>,
+    me: SignedIn,
+    headers: HeaderMap,
+    Path(provider): Path<String>,
+    form: Result<axum::extract::Form<ConnectForm>, axum::extract::rejection::FormRejection>,
+) -> Result<Response, Error> {
+    let f = form.map(|f| f.0).unwrap_or_default();
+    require_csrf(&app, &headers, &me.token, f.csrf_token.as_deref())?;
+    let scopes = scope_list(f.scopes.as_deref());
+    start_connect(&app, me, &provider, &scopes, f.return_to.as_deref()).await
+}
+
+/// Starts a connect flow and sends the browser to the provider.
+async fn start_connect(
+    app: &AppState,
+    me: SignedIn,
+    provider: &str,
+    scopes: &[String],
+    return_to: Option<&str>,
+) -> Result<Response, Error> {
     let purpose = Purpose::Connect {
         user_id: me.user_id,
     };
+    let prepared = app.oauth.prepare(provider, purpose).await?;
     let mut tx = app.db.begin().await?;
     let url = app
         .oauth
-        .start(
-            &mut tx,
-            &me.token,
-            &provider,
-            purpose,
-            &scopes,
-            q.return_to.as_deref(),
-        )
+        .start(&mut tx, prepared, &me.token, scopes, return_to)
         .await?;
     tx.commit().await?;
     Ok(redirect(&url))

@@ -133,7 +133,10 @@ impl AppState {
 pub fn app(state: AppState) -> Router {
     let sign_in = Router::new()
         .route("/login/{provider}", get(browser::login))
-        .route("/connect/{provider}", get(browser::connect))
+        .route(
+            "/connect/{provider}",
+            get(browser::connect).post(browser::connect_confirmed),
+        )
         .route("/oauth/callback/{provider}", get(browser::callback))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

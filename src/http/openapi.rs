@@ -113,12 +113,31 @@ fn ops() -> Vec<Op> {
         Op {
             method: "get",
             path: "/connect/{provider}",
-            summary: "Link a provider account with ?scopes=a,b (incremental)",
+            summary: "Link a provider account with ?scopes=a,b (incremental); optional return_to. \
+                      A navigation from another site (Sec-Fetch-Site cross-site or same-site, or a \
+                      foreign Origin) gets a 200 confirmation page instead, starting nothing",
             auth: COOKIE,
             body: None,
             ok: redirect.clone(),
             errors: &[
                 (401, "unauthorized"),
+                (404, "unknown_provider"),
+                (429, "rate_limited"),
+                (502, "provider_error"),
+            ],
+        },
+        Op {
+            method: "post",
+            path: "/connect/{provider}",
+            summary: "The confirmation page's Continue: start the connect flow",
+            auth: COOKIE_CSRF,
+            body: Some(json!({"csrf_token": {"type": "string"},
+                "scopes": {"type": "string", "description": "comma-separated, as in the GET"},
+                "return_to": {"type": "string"}})),
+            ok: redirect.clone(),
+            errors: &[
+                (401, "unauthorized"),
+                (403, "csrf_failed"),
                 (404, "unknown_provider"),
                 (429, "rate_limited"),
                 (502, "provider_error"),
@@ -529,7 +548,10 @@ fn operation(op: &Op) -> Value {
     };
     let mut o = json!({"summary": op.summary, "responses": responses, "parameters": params, "security": security});
     if let Some(body) = &op.body {
-        let media = if op.path.starts_with("/connections/") || op.path.starts_with("/sessions/") {
+        let media = if ["/connections/", "/sessions/", "/connect/"]
+            .iter()
+            .any(|p| op.path.starts_with(p))
+        {
             "application/x-www-form-urlencoded"
         } else {
             "application/json"

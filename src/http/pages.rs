@@ -1,6 +1,6 @@
-//! Server-rendered pages: the sign-in page and the account page. Plain HTML forms, no
-//! JavaScript, one same-origin stylesheet, so the strict CSP holds and everything works
-//! with JavaScript off. Every interpolated value goes through [`esc`].
+//! Server-rendered pages: the sign-in page, the account page and the connect confirmation.
+//! Plain HTML forms, no JavaScript, one same-origin stylesheet, so the strict CSP holds and
+//! everything works with JavaScript off. Every interpolated value goes through [`esc`].
 
 use std::fmt::Write;
 
@@ -145,6 +145,54 @@ async fn account(app: &AppState, me: SignedIn) -> Result<Html<String>, Error> {
     Ok(Html(page("Your account", &body)))
 }
 
+/// The page that confirms a connect flow another site navigated to (an agent's
+/// `reauth_required` link, or a forged one): what would be connected, with which scopes,
+/// and a CSRF-protected Continue that posts back to `/connect/{provider}`.
+pub struct ConfirmConnect<'a> {
+    pub provider: &'a str,
+    pub display: &'a str,
+    /// Every scope the flow asks for, the provider's defaults included.
+    pub scopes: &'a [String],
+    /// The scopes the link asked for, posted back as they came.
+    pub extra: &'a [String],
+    pub return_to: Option<&'a str>,
+    pub csrf: &'a str,
+}
+
+impl ConfirmConnect<'_> {
+    pub fn render(&self) -> String {
+        let mut body = format!(
+            "<p>A link asks to connect your {} account to Strongbox, so that agents you              delegate to can use it with these scopes:</p><ul class=\"scopes\">",
+            esc(self.display)
+        );
+        if self.scopes.is_empty() {
+            body.push_str("<li>the provider's defaults</li>");
+        }
+        for s in self.scopes {
+            let _ = write!(body, "<li><code>{}</code></li>", esc(s));
+        }
+        let _ = write!(
+            body,
+            "</ul><p>Continue only if you meant to do this.</p>\
+             <form method=\"post\" action=\"/connect/{}\">\
+             <input type=\"hidden\" name=\"csrf_token\" value=\"{}\">\
+             <input type=\"hidden\" name=\"scopes\" value=\"{}\">",
+            esc(&crate::oauth::form_encode(self.provider)),
+            esc(self.csrf),
+            esc(&self.extra.join(",")),
+        );
+        if let Some(r) = self.return_to {
+            let _ = write!(
+                body,
+                "<input type=\"hidden\" name=\"return_to\" value=\"{}\">",
+                esc(r)
+            );
+        }
+        body.push_str("<button>Continue</button> <a class=\"button\" href=\"/\">Cancel</a></form>");
+        page(&format!("Connect {}", self.display), &body)
+    }
+}
+
 /// The CSRF token is not printable: no `Debug`.
 #[derive(Deserialize)]
 pub struct CsrfField {
@@ -236,7 +284,36 @@ pub async fn friendly_errors(req: Request, next: Next) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::esc;
+    use super::{ConfirmConnect, esc};
+
+    #[test]
+    fn connect_confirmation_escapes_what_it_shows() {
+        let scopes = vec!["openid".to_owned(), "<img src=x>".to_owned()];
+        let extra = vec!["<img src=x>".to_owned()];
+        let html = ConfirmConnect {
+            provider: "acme",
+            display: "Acme <b>&</b>",
+            scopes: &scopes,
+            extra: &extra,
+            return_to: Some("/x\"><script>"),
+            csrf: "tok\"en",
+        }
+        .render();
+        for shown in [
+            "<title>Connect Acme &lt;b&gt;&amp;&lt;/b&gt; · Strongbox</title>",
+            "<code>&lt;img src=x&gt;</code>",
+            "name=\"scopes\" value=\"&lt;img src=x&gt;\"",
+            "name=\"return_to\" value=\"/x&quot;&gt;&lt;script&gt;\"",
+            "name=\"csrf_token\" value=\"tok&quot;en\"",
+            "<form method=\"post\" action=\"/connect/acme\">",
+            "<a class=\"button\" href=\"/\">Cancel</a>",
+        ] {
+            assert!(html.contains(shown), "{shown} not in {html}");
+        }
+        for raw in ["<b>", "<img", "<script"] {
+            assert!(!html.contains(raw), "{raw} in {html}");
+        }
+    }
 
     #[test]
     fn escapes_markup() {

@@ -1,5 +1,6 @@
 //! Sign-in and account connection: the OAuth 2.0 authorization-code flow with PKCE (S256).
-//! No axum types here; `http::browser` calls [`OAuth::start`] and [`OAuth::finish`].
+//! No axum types here; `http::browser` calls [`OAuth::prepare`] (any network first),
+//! [`OAuth::start`] (inside its transaction) and [`OAuth::finish`] (`callback.rs`).
 //!
 //! A flow is a one-time `state` bound to the browser session that started it and expiring
 //! after ten minutes. The database keeps only digests of the state and the session; the
@@ -9,10 +10,10 @@
 //! Users are identified by (provider, subject); a second provider with the same email is
 //! linked only by a signed-in user connecting it, never merged silently.
 
+mod callback;
 mod disconnect;
 mod wire;
 
-use wire::Person;
 pub(crate) use wire::get_json;
 
 use std::collections::BTreeMap;
@@ -23,17 +24,16 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use zeroize::Zeroizing;
 
-use crate::audit::{Actor, Event, Kind as AuditKind};
 use crate::clock::Clock;
 use crate::crypto::{fill_random, hmac_sha256, sha256};
 use crate::executor::Executor;
-use crate::oidc::{Expect, Oidc};
+use crate::oidc::Oidc;
 use crate::providers::Provider;
 use crate::secret::{ClientSecret, SessionToken};
 use crate::sessions::{Session, Sessions};
-use crate::store::identities::{self, FlowRow, IdentityRow};
-use crate::store::{Conn, Db, users};
-use crate::vault::{Scopes, TokenSet, Vault};
+use crate::store::identities::{self, FlowRow};
+use crate::store::{Conn, Db};
+use crate::vault::Vault;
 
 /// How long a started flow may take.
 pub const FLOW_TTL: i64 = 600;
@@ -136,6 +136,25 @@ struct Endpoints {
     token: String,
     userinfo: Option<String>,
     jwks: Option<String>,
+}
+
+/// A flow whose provider and endpoints are resolved, from [`OAuth::prepare`]; the only way
+/// to [`OAuth::start`] one, so endpoints are never looked up inside the transaction.
+pub struct Prepared<'a> {
+    client: &'a Client,
+    endpoints: Endpoints,
+    purpose: Purpose,
+}
+
+/// The provider's default scopes followed by `extra` ones it does not already have.
+fn requested(p: &Provider, extra: &[String]) -> Vec<String> {
+    let mut scopes = p.scopes.clone();
+    for s in extra {
+        if !scopes.contains(s) {
+            scopes.push(s.clone());
+        }
+    }
+    scopes
 }
 
 /// What a disconnect did.
@@ -354,28 +373,61 @@ impl OAuth {
         b64(&hmac_sha256(self.flow_key.as_slice(), &msg))
     }
 
-    /// Starts a flow for the browser session `session` inside the caller's transaction and
-    /// returns the provider URL to send the browser to.
+    /// Resolves what starting a flow at `provider` needs from the network (a generic OIDC
+    /// provider's discovery document) before the caller opens a transaction: on SQLite the
+    /// transaction holds the one write lock, which a slow provider must never hold up.
+    pub async fn prepare(
+        &self,
+        provider: &str,
+        purpose: Purpose,
+    ) -> Result<Prepared<'_>, OAuthError> {
+        let client = self.client(provider, &purpose)?;
+        let endpoints = self.endpoints(client).await?;
+        Ok(Prepared {
+            client,
+            endpoints,
+            purpose,
+        })
+    }
+
+    /// The display name of `provider` and the scopes connecting it with `extra` asks for:
+    /// what a person confirms before a connect flow starts. No network.
+    pub fn connect_plan(
+        &self,
+        provider: &str,
+        extra: &[String],
+    ) -> Result<(String, Vec<String>), OAuthError> {
+        let c = self
+            .clients
+            .get(provider)
+            .ok_or(OAuthError::UnknownProvider)?;
+        Ok((
+            c.provider.display_name.clone(),
+            requested(&c.provider, extra),
+        ))
+    }
+
+    /// Starts a prepared flow for the browser session `session` inside the caller's
+    /// transaction (no network here) and returns the provider URL to send the browser to.
     pub async fn start(
         &self,
         conn: &mut Conn,
+        prepared: Prepared<'_>,
         session: &SessionToken,
-        provider: &str,
-        purpose: Purpose,
         extra_scopes: &[String],
         return_to: Option<&str>,
     ) -> Result<String, OAuthError> {
-        let c = self.client(provider, &purpose)?;
+        let Prepared {
+            client: c,
+            endpoints,
+            purpose,
+        } = prepared;
         let p = &c.provider;
+        let provider = p.name.as_str();
         let mut state_raw = [0u8; 32];
         fill_random(&mut state_raw).map_err(crate::vault::VaultError::from)?;
         let state = b64(&state_raw);
-        let mut scopes = p.scopes.clone();
-        for s in extra_scopes {
-            if !scopes.contains(s) {
-                scopes.push(s.clone());
-            }
-        }
+        let scopes = requested(p, extra_scopes);
         let (purpose_name, user_id) = match purpose {
             Purpose::Login => ("login", None),
             Purpose::Connect { user_id } => ("connect", Some(user_id)),
@@ -389,8 +441,6 @@ impl OAuth {
             return_to: safe_return_to(return_to),
             expires_at: self.clock.unix() + FLOW_TTL,
         };
-        // Endpoints first: discovery may go to the network, never while holding the lock.
-        let endpoints = self.endpoints(c).await?;
         identities::insert_flow(conn, &sha256(&[state.as_bytes()]), &flow).await?;
         let verifier = self.derived("pkce:", &state);
         let challenge = b64(&sha256(&[verifier.as_bytes()]));
@@ -423,162 +473,6 @@ impl OAuth {
             url.push_str(&form_encode(&v));
         }
         Ok(url)
-    }
-
-    /// Completes a flow from the provider's callback, for the browser session `session`.
-    pub async fn finish(
-        &self,
-        session: Option<&SessionToken>,
-        provider: &str,
-        cb: Callback,
-    ) -> Result<Finished, OAuthError> {
-        let session = session.ok_or(OAuthError::InvalidState)?;
-        let state = cb.state.as_deref().ok_or(OAuthError::InvalidState)?;
-        // One statement (DELETE … RETURNING), atomic on its own: the state is spent
-        // whatever happens next, and a replay finds nothing.
-        let flow = {
-            let mut conn = self.db.pool().acquire().await?;
-            identities::take_flow(&mut conn, &sha256(&[state.as_bytes()])).await?
-        };
-        let flow = flow.ok_or(OAuthError::InvalidState)?;
-        let mine = sha256(&[session.reveal().as_bytes()]);
-        if flow.provider != provider
-            || !crate::crypto::constant_time_eq(&flow.session_hash, &mine)
-            || self.clock.unix() >= flow.expires_at
-        {
-            return Err(OAuthError::InvalidState);
-        }
-        if let Some(error) = cb.error.as_deref() {
-            return Err(OAuthError::ProviderError(sanitize(error)));
-        }
-        let purpose = match flow.user_id.clone() {
-            Some(user_id) if flow.purpose == "connect" => Purpose::Connect { user_id },
-            _ => Purpose::Login,
-        };
-        // A connection is only added for a session that is still signed in as its user.
-        if let Purpose::Connect { user_id } = &purpose {
-            let live = self.sessions.resume(session).await?;
-            if live.and_then(|s| s.user_id).as_deref() != Some(user_id.as_str()) {
-                return Err(OAuthError::InvalidState);
-            }
-        }
-        let c = self.client(provider, &purpose)?;
-        // RFC 9207: where the provider names itself, it must be the one we asked.
-        if let (Some(iss), Some(expected)) = (cb.iss.as_deref(), c.provider.issuer.as_deref())
-            && iss != expected
-        {
-            return Err(OAuthError::ProviderError("issuer_mismatch".into()));
-        }
-        let code = cb
-            .code
-            .as_deref()
-            .ok_or_else(|| OAuthError::ProviderError("missing_code".into()))?;
-        let endpoints = self.endpoints(c).await?;
-        let tokens = self
-            .exchange(
-                c,
-                &endpoints.token,
-                code,
-                &self.derived("pkce:", state),
-                &flow.scopes,
-            )
-            .await?;
-        let who = match (&c.provider.kind, &tokens.id_token) {
-            (crate::providers::Kind::Oidc, Some(id_token)) => {
-                let expect = Expect {
-                    provider: &c.provider.name,
-                    jwks_url: endpoints.jwks.as_deref().unwrap_or_default(),
-                    issuer: endpoints.issuer.as_deref().unwrap_or_default(),
-                    client_id: &c.client_id,
-                    nonce: &self.derived("nonce:", state),
-                    now: self.clock.unix(),
-                };
-                let claims = self
-                    .oidc
-                    .verify(&self.http, id_token.reveal(), &expect)
-                    .await?;
-                Person {
-                    subject: claims.subject,
-                    email: claims.email,
-                    email_verified: claims.email_verified,
-                    name: claims.name,
-                }
-            }
-            (crate::providers::Kind::Oidc, None) => {
-                return Err(OAuthError::ProviderFailed("no_id_token".into()));
-            }
-            (crate::providers::Kind::OAuth2, _) => {
-                let url = endpoints
-                    .userinfo
-                    .as_deref()
-                    .ok_or_else(|| OAuthError::ProviderError("no_userinfo".into()))?;
-                self.userinfo(c, url, &tokens.access_token).await?
-            }
-        };
-        self.complete(c, purpose, who, tokens, Some(session), flow.return_to)
-            .await
-    }
-
-    async fn complete(
-        &self,
-        c: &Client,
-        purpose: Purpose,
-        who: Person,
-        tokens: TokenSet,
-        session: Option<&SessionToken>,
-        return_to: String,
-    ) -> Result<Finished, OAuthError> {
-        let provider = c.provider.name.as_str();
-        let now = self.clock.unix();
-        let mut tx = self.db.begin().await?;
-        let known = identities::user_of(&mut tx, provider, &who.subject).await?;
-        let identity = |user_id| IdentityRow {
-            provider,
-            subject: &who.subject,
-            user_id,
-            email: who.email.as_deref(),
-            email_verified: who.email_verified,
-            name: who.name.as_deref(),
-            now,
-        };
-        let (user_id, kind, new_session) = match (&purpose, known) {
-            (Purpose::Login, Some(user_id)) => {
-                identities::update(&mut tx, &identity(&user_id)).await?;
-                let s = self.sessions.sign_in(&mut tx, session, &user_id).await?;
-                (user_id, AuditKind::SignIn, Some(s))
-            }
-            (Purpose::Login, None) => {
-                let user_id = uuid::Uuid::now_v7().to_string();
-                users::insert(&mut tx, &user_id, now).await?;
-                identities::insert(&mut tx, &identity(&user_id)).await?;
-                let s = self.sessions.sign_in(&mut tx, session, &user_id).await?;
-                (user_id, AuditKind::SignIn, Some(s))
-            }
-            (Purpose::Connect { user_id }, Some(owner)) if owner != *user_id => {
-                return Err(OAuthError::AlreadyLinked);
-            }
-            (Purpose::Connect { user_id }, Some(_)) => {
-                identities::update(&mut tx, &identity(user_id)).await?;
-                (user_id.clone(), AuditKind::Connect, None)
-            }
-            (Purpose::Connect { user_id }, None) => {
-                identities::insert(&mut tx, &identity(user_id)).await?;
-                (user_id.clone(), AuditKind::Connect, None)
-            }
-        };
-        // Incremental scopes: connecting again keeps what was granted before. The vault
-        // adds the connection, KEK version and stored scopes to the event.
-        let actor = Actor::User(user_id.clone());
-        let event = Event::new(kind, actor, format!("user:{user_id}"));
-        self.vault
-            .store(&mut tx, event, &user_id, provider, &tokens, Scopes::Merge)
-            .await?;
-        tx.commit().await?;
-        Ok(Finished {
-            user_id,
-            session: new_session,
-            return_to,
-        })
     }
 }
 

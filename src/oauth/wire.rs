@@ -5,6 +5,7 @@
 use serde_json::Value;
 
 use super::{Client, MAX_RESPONSE, OAuth, OAuthError, basic_auth, form_encode, sanitize};
+use crate::outbound::{BodyError, read_capped};
 use crate::providers::ClientAuth;
 use crate::secret::{AccessToken, IdToken, RefreshToken};
 use crate::vault::TokenSet;
@@ -131,16 +132,39 @@ impl OAuth {
             refresh_token: text("refresh_token").map(RefreshToken::new),
             id_token: text("id_token").map(IdToken::new),
             token_type: text("token_type").unwrap_or_else(|| "Bearer".into()),
-            expires_at: json
-                .get("expires_in")
-                .and_then(Value::as_i64)
-                .map(|s| self.clock.unix() + s),
+            expires_at: expires_at(self.clock.unix(), json.get("expires_in")),
             scopes: granted
                 .split(sep)
                 .filter(|s| !s.is_empty())
                 .map(str::to_owned)
                 .collect(),
         })
+    }
+
+    /// Fills the email (with its `email_verified`) and the name an ID token left out from
+    /// the provider's UserInfo answer. That answer must be about the ID token's subject
+    /// (OIDC Core §5.3.2): one about anyone else is refused, never used.
+    pub(super) async fn complete_profile(
+        &self,
+        c: &Client,
+        url: &str,
+        token: &AccessToken,
+        who: &mut Person,
+    ) -> Result<(), OAuthError> {
+        let info = self.userinfo(c, url, token).await?;
+        if info.subject != who.subject {
+            return Err(OAuthError::ProviderError(
+                "userinfo_subject_mismatch".into(),
+            ));
+        }
+        if who.email.is_none() {
+            who.email = info.email;
+            who.email_verified = info.email_verified;
+        }
+        if who.name.is_none() {
+            who.name = info.name;
+        }
+        Ok(())
     }
 
     /// Who the access token belongs to, from the provider's userinfo endpoint.
@@ -183,6 +207,32 @@ impl OAuth {
     }
 }
 
+/// The longest access-token lifetime believed: a provider's `expires_in` is clamped to
+/// `0..=MAX_LIFETIME` seconds.
+const MAX_LIFETIME: i64 = 365 * 24 * 3600;
+
+/// When an access token with the provider's `expires_in` expires, `None` when it gives
+/// none. The value is untrusted: a negative one means expired now, a larger one than
+/// [`MAX_LIFETIME`] (up to overflowing any integer type) means a year, and a fraction or a
+/// numeric string (some providers send `"3600"`) counts in whole seconds.
+fn expires_at(now: i64, expires_in: Option<&Value>) -> Option<i64> {
+    let seconds = match expires_in? {
+        Value::Number(n) => n
+            .as_i64()
+            .or_else(|| n.as_u64().map(|_| MAX_LIFETIME))
+            // `as` saturates (and maps NaN to 0), which the clamp below then bounds.
+            .or_else(|| n.as_f64().map(|f| f as i64))?,
+        Value::String(s) => {
+            let s = s.trim();
+            s.parse::<i64>()
+                .ok()
+                .or_else(|| s.parse::<f64>().ok().map(|f| f as i64))?
+        }
+        _ => return None,
+    };
+    Some(now.saturating_add(seconds.clamp(0, MAX_LIFETIME)))
+}
+
 /// A person as the provider describes them.
 pub(super) struct Person {
     pub(super) subject: String,
@@ -208,17 +258,56 @@ pub(crate) async fn get_json(http: &reqwest::Client, url: &str) -> Result<Value,
     read_json(resp).await
 }
 
+/// Reads a provider's JSON answer, stopping at [`MAX_RESPONSE`] bytes.
 async fn read_json(resp: reqwest::Response) -> Result<Value, OAuthError> {
-    let bad = || OAuthError::ProviderFailed("malformed_response".into());
-    if resp
-        .content_length()
-        .is_some_and(|n| n > MAX_RESPONSE as u64)
-    {
-        return Err(bad());
+    let bytes = read_capped(resp, MAX_RESPONSE).await.map_err(|e| {
+        OAuthError::ProviderFailed(
+            match e {
+                BodyError::TooLarge => "response_too_large",
+                BodyError::Timeout => "response_timeout",
+                BodyError::Interrupted => "response_interrupted",
+            }
+            .into(),
+        )
+    })?;
+    serde_json::from_slice(&bytes)
+        .map_err(|_| OAuthError::ProviderFailed("malformed_response".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::{MAX_LIFETIME, expires_at};
+
+    #[test]
+    fn expires_in_is_clamped_to_a_year() {
+        let now = 1_800_000_000;
+        let at = |v: serde_json::Value| expires_at(now, Some(&v));
+        assert_eq!(at(json!(3600)), Some(now + 3600));
+        assert_eq!(at(json!("3599")), Some(now + 3599));
+        assert_eq!(at(json!(3600.7)), Some(now + 3600));
+        assert_eq!(at(json!(0)), Some(now));
+        for expired in [json!(-5), json!(i64::MIN), json!(-1e300)] {
+            assert_eq!(at(expired.clone()), Some(now), "{expired}");
+        }
+        for huge in [
+            json!(MAX_LIFETIME + 1),
+            json!(i64::MAX),
+            json!(u64::MAX),
+            json!(1e300),
+            json!("9223372036854775807"),
+            json!("99999999999999999999"),
+        ] {
+            assert_eq!(at(huge.clone()), Some(now + MAX_LIFETIME), "{huge}");
+        }
+        assert_eq!(
+            expires_at(i64::MAX - 10, Some(&json!(3600))),
+            Some(i64::MAX)
+        );
+        for none in [json!(null), json!("soon"), json!(true), json!([1])] {
+            assert_eq!(at(none.clone()), None, "{none}");
+        }
+        assert_eq!(expires_at(now, None), None);
     }
-    let bytes = resp.bytes().await.map_err(|_| bad())?;
-    if bytes.len() > MAX_RESPONSE {
-        return Err(bad());
-    }
-    serde_json::from_slice(&bytes).map_err(|_| bad())
 }

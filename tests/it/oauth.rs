@@ -1,5 +1,6 @@
-//! Sign-in, connect, sessions and CSRF against a real OAuth 2.0 provider (authorization
-//! code + PKCE S256, client authentication, userinfo) started by the test on 127.0.0.1.
+//! Sign-in and connect against a real OAuth 2.0 provider (authorization code + PKCE S256,
+//! client authentication, userinfo) started by the test on 127.0.0.1, and the browser and
+//! app the other browser-route tests (`sessions`, `connect`) share.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -27,7 +28,7 @@ pub(crate) struct ProviderState {
     /// Every token issued, for leak scans.
     pub(crate) issued: Vec<String>,
     /// Status the revocation endpoint answers with (0: 200).
-    revoke_status: u16,
+    pub(crate) revoke_status: u16,
     /// Tokens revoked.
     pub(crate) revoked: Vec<String>,
 }
@@ -193,6 +194,28 @@ impl Browser {
         cookie: Option<&str>,
         extra: &[(&str, &str)],
     ) -> Reply {
+        self.request(method, uri, cookie, extra, None).await
+    }
+
+    /// A `POST` of the form `form` (already urlencoded).
+    pub(crate) async fn post_form(
+        &self,
+        uri: &str,
+        cookie: Option<&str>,
+        extra: &[(&str, &str)],
+        form: &str,
+    ) -> Reply {
+        self.request("POST", uri, cookie, extra, Some(form)).await
+    }
+
+    async fn request(
+        &self,
+        method: &str,
+        uri: &str,
+        cookie: Option<&str>,
+        extra: &[(&str, &str)],
+        form: Option<&str>,
+    ) -> Reply {
         let mut req = Request::builder()
             .method(method)
             .uri(uri)
@@ -200,13 +223,17 @@ impl Browser {
         if let Some(c) = cookie {
             req = req.header(header::COOKIE, format!("strongbox={c}"));
         }
+        if form.is_some() {
+            req = req.header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+        }
         for (k, v) in extra {
             req = req.header(*k, *v);
         }
+        let body = form.map_or_else(Body::empty, |f| Body::from(f.to_owned()));
         let resp = self
             .app
             .clone()
-            .oneshot(req.body(Body::empty()).unwrap())
+            .oneshot(req.body(body).unwrap())
             .await
             .unwrap();
         let status = resp.status();
@@ -299,7 +326,7 @@ impl Browser {
     }
 
     /// Signs in from scratch; returns the session cookie.
-    async fn sign_in(&self) -> String {
+    pub(crate) async fn sign_in(&self) -> String {
         self.sign_in_with("acme").await.unwrap()
     }
 
@@ -314,7 +341,17 @@ impl Browser {
     }
 }
 
-async fn flows(site: Site) {
+/// An app with one OAuth 2.0 provider, `acme`, backed by a fresh in-process provider.
+pub(crate) struct Acme {
+    pub(crate) b: Browser,
+    pub(crate) base: String,
+    pub(crate) provider: Shared,
+    pub(crate) vault: Arc<strongbox::vault::Vault>,
+    pub(crate) state: strongbox::AppState,
+}
+
+/// Initialises `site`'s keys and builds the app with `acme` configured for sign-in.
+pub(crate) async fn acme(site: &Site) -> Acme {
     let (base, provider) = start_provider().await;
     let config = strongbox::config::Config::from_toml(&format!(
         "public_url = \"http://127.0.0.1:8080\"\n\
@@ -329,10 +366,41 @@ async fn flows(site: Site) {
     let state =
         strongbox::AppState::build(config, site.db().await, Arc::clone(&vault), clock).unwrap();
     let b = Browser {
-        app: strongbox::app(state),
+        app: strongbox::app(state.clone()),
     };
+    Acme {
+        b,
+        base,
+        provider,
+        vault,
+        state,
+    }
+}
 
-    // Sign in: PKCE + state, a fresh session id, return_to honoured.
+/// Every token `provider` issued is absent from what `site` stores, and the audit trail is
+/// intact.
+pub(crate) fn assert_nothing_in_the_clear(site: &Site, provider: &Shared) {
+    assert!(site.ok(&["audit", "verify"]).contains("intact"));
+    let issued = provider.lock().unwrap().issued.clone();
+    assert!(issued.len() >= 8);
+    let at_rest = crate::support::at_rest(site);
+    for t in &issued {
+        assert!(
+            !at_rest.windows(t.len()).any(|w| w == t.as_bytes()),
+            "token stored in the clear"
+        );
+    }
+}
+
+async fn flows(site: Site) {
+    let Acme {
+        b,
+        base,
+        provider,
+        vault,
+        ..
+    } = acme(&site).await;
+
     let start = b
         .send("GET", "/login/acme?return_to=/account", None, &[])
         .await;
@@ -469,212 +537,8 @@ async fn flows(site: Site) {
     );
     provider.lock().unwrap().next_subject = "alice-sub".into();
 
-    // Connections and disconnect: 503 keeps the record for retry, other failures erase it
-    // anyway, success revokes the refresh token at the provider.
-    let origin = ("origin", "http://127.0.0.1:8080");
-    let list = b.send("GET", "/api/connections", Some(&alice), &[]).await;
-    let conn = &list.body["connections"][0];
-    assert_eq!(
-        (conn["provider"].as_str(), conn["status"].as_str()),
-        (Some("acme"), Some("active"))
-    );
-    let id = conn["id"].as_str().unwrap().to_owned();
-    let path = format!("/api/connections/{id}");
-    assert_eq!(
-        b.send("DELETE", &path, Some(&alice), &[origin]).await.body["code"],
-        "csrf_failed"
-    );
-    provider.lock().unwrap().revoke_status = 503;
-    let r = b
-        .send(
-            "DELETE",
-            &path,
-            Some(&alice),
-            &[origin, ("x-csrf-token", &csrf)],
-        )
-        .await;
-    assert_eq!(
-        (r.status, r.body["code"].as_str()),
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Some("provider_unavailable")
-        )
-    );
-    let list = b.send("GET", "/api/connections", Some(&alice), &[]).await;
-    assert_eq!(list.body["connections"][0]["status"], "revoke_pending");
-    provider.lock().unwrap().revoke_status = 400;
-    let r = b
-        .send(
-            "DELETE",
-            &path,
-            Some(&alice),
-            &[origin, ("x-csrf-token", &csrf)],
-        )
-        .await;
-    assert_eq!(
-        (r.body["erased"].as_bool(), r.body["revoked"].as_bool()),
-        (Some(true), Some(false)),
-        "{:?}",
-        r.body
-    );
-    assert_eq!(
-        b.send("GET", "/api/connections", Some(&alice), &[])
-            .await
-            .body["connections"],
-        json!([])
-    );
-    provider.lock().unwrap().revoke_status = 200;
-    let alice3 = b.sign_in().await;
-    let list = b.send("GET", "/api/connections", Some(&alice3), &[]).await;
-    let id = list.body["connections"][0]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let csrf3 = b.send("GET", "/api/me", Some(&alice3), &[]).await.body["csrf_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let r = b
-        .send(
-            "DELETE",
-            &format!("/api/connections/{id}"),
-            Some(&alice3),
-            &[origin, ("x-csrf-token", &csrf3)],
-        )
-        .await;
-    assert_eq!(r.body["revoked"], true, "{:?}", r.body);
-    let revoked = provider.lock().unwrap().revoked.clone();
-    assert!(
-        revoked.len() == 1 && revoked[0].starts_with("rt-"),
-        "the refresh token was revoked"
-    );
-    // Another user's connection cannot be touched.
-    let bob_conn = b
-        .send("GET", "/api/connections", Some(&bob), &[])
-        .await
-        .body["connections"][0]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let r = b
-        .send(
-            "DELETE",
-            &format!("/api/connections/{bob_conn}"),
-            Some(&alice3),
-            &[origin, ("x-csrf-token", &csrf3)],
-        )
-        .await;
-    assert_eq!(r.body["code"], "not_found");
-
-    // Sessions: list, CSRF, sign out everywhere.
-    let alice2 = b.sign_in().await;
-    let list = b.send("GET", "/api/sessions", Some(&alice), &[]).await;
-    assert_eq!(list.body["sessions"].as_array().unwrap().len(), 3);
-    assert!(!list.body.to_string().contains(&alice));
-    let r = b.send("POST", "/logout", Some(&alice2), &[origin]).await;
-    assert_eq!(
-        (r.status, r.body["code"].as_str()),
-        (StatusCode::FORBIDDEN, Some("csrf_failed")),
-        "no token"
-    );
-    let csrf2 = b.send("GET", "/api/me", Some(&alice2), &[]).await.body["csrf_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let r = b
-        .send(
-            "POST",
-            "/logout",
-            Some(&alice2),
-            &[("origin", "https://evil.example"), ("x-csrf-token", &csrf2)],
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::FORBIDDEN, "cross-origin");
-    let r = b
-        .send(
-            "POST",
-            "/logout",
-            Some(&alice2),
-            &[origin, ("x-csrf-token", &csrf)],
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::FORBIDDEN, "another session's token");
-    let r = b
-        .send(
-            "POST",
-            "/logout",
-            Some(&alice2),
-            &[origin, ("x-csrf-token", &csrf2)],
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::SEE_OTHER);
-    assert_eq!(
-        b.send("GET", "/api/me", Some(&alice2), &[]).await.status,
-        StatusCode::UNAUTHORIZED
-    );
-    let (status, _, _) = b
-        .raw(
-            "POST",
-            "/sessions/end-all",
-            Some(&alice),
-            &[("origin", "https://evil.example")],
-            &format!("csrf_token={csrf}"),
-        )
-        .await;
-    assert_eq!(
-        status,
-        StatusCode::FORBIDDEN,
-        "cross-origin form post refused"
-    );
-    // `Origin: null` (an opaque origin, or a no-referrer page) counts only with
-    // `Sec-Fetch-Site: same-origin`.
-    for fetch_site in ["cross-site", "same-site", "none"] {
-        let (status, _, _) = b
-            .raw(
-                "POST",
-                "/sessions/end-all",
-                Some(&alice),
-                &[("origin", "null"), ("sec-fetch-site", fetch_site)],
-                &format!("csrf_token={csrf}"),
-            )
-            .await;
-        assert_eq!(status, StatusCode::FORBIDDEN, "Origin null, {fetch_site}");
-    }
-    let (status, _, _) = b
-        .raw(
-            "POST",
-            "/sessions/end-all",
-            Some(&alice),
-            &[("origin", "null")],
-            &format!("csrf_token={csrf}"),
-        )
-        .await;
-    assert_eq!(status, StatusCode::FORBIDDEN, "Origin null alone");
-    let r = b
-        .send(
-            "DELETE",
-            "/api/sessions",
-            Some(&alice),
-            &[("sec-fetch-site", "same-origin"), ("x-csrf-token", &csrf)],
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::NO_CONTENT);
-    assert_eq!(
-        b.send("GET", "/api/me", Some(&alice), &[]).await.status,
-        StatusCode::UNAUTHORIZED
-    );
-    assert!(site.ok(&["audit", "verify"]).contains("intact"));
-
     // No token the provider issued is stored in the clear.
-    let issued = provider.lock().unwrap().issued.clone();
-    assert!(issued.len() >= 8);
-    let at_rest = crate::support::at_rest(&site);
-    for t in &issued {
-        assert!(
-            !at_rest.windows(t.len()).any(|w| w == t.as_bytes()),
-            "token stored in the clear"
-        );
-    }
+    assert_nothing_in_the_clear(&site, &provider);
 }
 
 mod sign_in_and_connect {

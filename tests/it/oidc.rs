@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{Form, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use openidconnect::core::{
@@ -18,12 +18,13 @@ use openidconnect::{
 };
 use serde_json::json;
 use strongbox::clock::{Clock, SystemClock};
+use tokio::sync::Notify;
 
 use crate::oauth::Browser;
 use crate::support::{Engine, Site};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
+pub(crate) enum Mode {
     Good,
     WrongNonce,
     WrongIssuer,
@@ -33,9 +34,9 @@ enum Mode {
     RolledKey,
 }
 
-struct Idp {
-    base: String,
-    mode: Mode,
+pub(crate) struct Idp {
+    pub(crate) base: String,
+    pub(crate) mode: Mode,
     /// code -> nonce
     codes: HashMap<String, String>,
     keys: Vec<CoreRsaPrivateSigningKey>,
@@ -44,6 +45,16 @@ struct Idp {
     jwks_fetches: usize,
     /// Microsoft-style tokens: (`tid` claim, the tenant named in `iss`).
     tenant: Option<(String, String)>,
+    /// Where discovery says the JWKS is, when not at `/jwks`.
+    pub(crate) jwks_uri: Option<String>,
+    /// A UserInfo answer: when set, discovery names the endpoint and ID tokens carry no
+    /// email (OIDC Core §5.4 lets a provider keep scope claims for UserInfo).
+    pub(crate) userinfo: Option<serde_json::Value>,
+    /// UserInfo requests made with an access token this provider issued.
+    pub(crate) userinfo_calls: usize,
+    access_tokens: Vec<String>,
+    /// When set, discovery notifies the first and waits for the second before answering.
+    pub(crate) discovery_gate: Option<(Arc<Notify>, Arc<Notify>)>,
 }
 
 /// Microsoft's extra claim: the tenant the account belongs to.
@@ -53,20 +64,47 @@ struct Tenant {
 }
 impl openidconnect::AdditionalClaims for Tenant {}
 
-type Shared = Arc<Mutex<Idp>>;
+pub(crate) type Shared = Arc<Mutex<Idp>>;
 
 fn key(pem: &str, kid: &str) -> CoreRsaPrivateSigningKey {
     CoreRsaPrivateSigningKey::from_pem(pem, Some(JsonWebKeyId::new(kid.into()))).unwrap()
 }
 
 async fn discovery(State(s): State<Shared>) -> Response {
-    let base = s.lock().unwrap().base.clone();
-    axum::Json(json!({
+    let gate = s.lock().unwrap().discovery_gate.clone();
+    if let Some((arrived, release)) = gate {
+        arrived.notify_one();
+        release.notified().await;
+    }
+    let st = s.lock().unwrap();
+    let base = st.base.clone();
+    let jwks_uri = st.jwks_uri.clone().unwrap_or(format!("{base}/jwks"));
+    let mut doc = json!({
         "issuer": base, "authorization_endpoint": format!("{base}/authorize"), "token_endpoint": format!("{base}/token"),
-        "jwks_uri": format!("{base}/jwks"), "response_types_supported": ["code"], "subject_types_supported": ["public"],
+        "jwks_uri": jwks_uri, "response_types_supported": ["code"], "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["RS256"],
-    }))
-    .into_response()
+    });
+    if st.userinfo.is_some() {
+        doc["userinfo_endpoint"] = json!(format!("{base}/userinfo"));
+    }
+    axum::Json(doc).into_response()
+}
+
+async fn userinfo(State(s): State<Shared>, headers: HeaderMap) -> Response {
+    let mut st = s.lock().unwrap();
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if !st.access_tokens.iter().any(|t| t == bearer) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    st.userinfo_calls += 1;
+    match st.userinfo.clone() {
+        Some(answer) => axum::Json(answer).into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
 }
 
 async fn jwks(State(s): State<Shared>) -> Response {
@@ -160,20 +198,25 @@ async fn token(State(s): State<Shared>, Form(f): Form<HashMap<String, String>>) 
         )
         .unwrap()
         .to_string();
+        let access = format!("at-{}", uuid::Uuid::new_v4().simple());
+        st.access_tokens.push(access.clone());
         return axum::Json(
-            json!({"access_token": format!("at-{}", uuid::Uuid::new_v4().simple()),
-            "token_type": "Bearer", "expires_in": 3600, "id_token": jwt}),
+            json!({"access_token": access, "token_type": "Bearer", "expires_in": 3600, "id_token": jwt}),
         )
         .into_response();
+    }
+    let mut standard = StandardClaims::new(SubjectIdentifier::new("oidc-alice".into()));
+    if st.userinfo.is_none() {
+        standard = standard
+            .set_email(Some(EndUserEmail::new("alice@example.com".into())))
+            .set_email_verified(Some(true));
     }
     let claims = CoreIdTokenClaims::new(
         IssuerUrl::new(iss).unwrap(),
         vec![Audience::new(aud.into())],
         exp,
         now,
-        StandardClaims::new(SubjectIdentifier::new("oidc-alice".into()))
-            .set_email(Some(EndUserEmail::new("alice@example.com".into())))
-            .set_email_verified(Some(true)),
+        standard,
         EmptyAdditionalClaims {},
     )
     .set_nonce(Some(Nonce::new(nonce)));
@@ -196,12 +239,13 @@ async fn token(State(s): State<Shared>, Form(f): Form<HashMap<String, String>>) 
         let payload = jwt.split('.').nth(1).unwrap().to_owned();
         jwt = format!("eyJhbGciOiJub25lIn0.{payload}.");
     }
-    axum::Json(json!({"access_token": format!("at-{}", uuid::Uuid::new_v4().simple()), "token_type": "Bearer",
-        "expires_in": 3600, "id_token": jwt}))
-    .into_response()
+    let access = format!("at-{}", uuid::Uuid::new_v4().simple());
+    st.access_tokens.push(access.clone());
+    axum::Json(json!({"access_token": access, "token_type": "Bearer", "expires_in": 3600, "id_token": jwt}))
+        .into_response()
 }
 
-async fn start() -> Shared {
+pub(crate) async fn start() -> Shared {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let shared = Arc::new(Mutex::new(Idp {
@@ -218,12 +262,18 @@ async fn start() -> Shared {
         published: 1,
         jwks_fetches: 0,
         tenant: None,
+        jwks_uri: None,
+        userinfo: None,
+        userinfo_calls: 0,
+        access_tokens: Vec::new(),
+        discovery_gate: None,
     }));
     let app = axum::Router::new()
         .route("/.well-known/openid-configuration", get(discovery))
         .route("/jwks", get(jwks))
         .route("/authorize", get(authorize))
         .route("/token", post(token))
+        .route("/userinfo", get(userinfo))
         .with_state(Arc::clone(&shared));
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     shared
@@ -314,7 +364,7 @@ async fn microsoft_tenant_issuer() {
         "public_url = \"http://127.0.0.1:8080\"\n[providers.microsoft]\n\
          client_id = \"cid\"\nclient_secret = \"csecret\"\nlogin = true\n\
          issuer = \"{base}/common/v2.0\"\nauthorize_url = \"{base}/authorize\"\n\
-         token_url = \"{base}/token\"\njwks_url = \"{base}/jwks\"\n"
+         token_url = \"{base}/token\"\njwks_url = \"{base}/jwks\"\nuserinfo_url = \"{base}/userinfo\"\n"
     ))
     .unwrap();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -326,11 +376,16 @@ async fn microsoft_tenant_issuer() {
     let tenant = "9188040d-6c67-4c5b-b112-36a304b66dad";
     let other = "72f988bf-86f1-41af-91ab-2d7cd011db47";
 
+    // Microsoft's ID tokens carry no email here: it comes from UserInfo (Graph's
+    // `/oidc/userinfo` in the catalogue), about the same subject.
+    idp.lock().unwrap().userinfo =
+        Some(json!({"sub": "ms-alice", "email": "alice@contoso.example"}));
     idp.lock().unwrap().tenant = Some((tenant.into(), tenant.into()));
     let cookie = b.sign_in_with("microsoft").await.unwrap();
     let me = b.send("GET", "/api/me", Some(&cookie), &[]).await;
     assert_eq!(me.body["identities"][0]["provider"], "microsoft");
     assert_eq!(me.body["identities"][0]["subject"], "ms-alice");
+    assert_eq!(me.body["identities"][0]["email"], "alice@contoso.example");
 
     for (tid, iss_tenant) in [
         (tenant, other),              // iss names another tenant than tid

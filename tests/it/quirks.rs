@@ -60,6 +60,9 @@ async fn token(
             "refresh_token": "D43f5y0ahjqew82jZ4NViEr2YafMKhue", "scope": "identify email"})).into_response(),
         "spotify" => axum::Json(json!({"access_token": "NgCXRKc_spotify_recorded_MzYjw", "token_type": "Bearer", "scope": "user-read-private user-read-email",
             "expires_in": 3600, "refresh_token": "NgAagA_spotify_recorded_Um_SHo"})).into_response(),
+        // Lifetimes no token has: past the end of i64, and already over.
+        "forever" => axum::Json(json!({"access_token": "at-forever", "token_type": "Bearer", "expires_in": i64::MAX})).into_response(),
+        "negative" => axum::Json(json!({"access_token": "at-negative", "token_type": "Bearer", "expires_in": -3600})).into_response(),
         "malformed" => (StatusCode::OK, "<html>not json</html>").into_response(),
         // Slower than the configured provider_timeout (1s).
         "slow" => {
@@ -80,6 +83,7 @@ async fn userinfo(State(seen): State<Seen>, Path(p): Path<String>, headers: Head
         "github" => axum::Json(json!({"login": "octocat", "id": 1, "email": "octocat@github.com", "name": "The Octocat"})).into_response(),
         "discord" => axum::Json(json!({"id": "80351110224678912", "username": "nelly", "global_name": "Nelly", "email": "nelly@discord.com", "verified": true})).into_response(),
         "spotify" => axum::Json(json!({"id": "smedjan", "display_name": "JM Wizzler", "email": "email@example.com", "country": "SE"})).into_response(),
+        "forever" | "negative" => axum::Json(json!({"sub": p})).into_response(),
         _ => StatusCode::NOT_FOUND.into_response(),
     }
 }
@@ -98,9 +102,18 @@ async fn recorded_provider_shapes() {
 
     let mut toml =
         String::from("public_url = \"http://127.0.0.1:8080\"\nprovider_timeout = \"1s\"\n");
-    let failing = ["malformed", "denied", "slow", "broken", "unavailable"];
-    for p in ["github", "discord", "spotify"].iter().chain(&failing) {
-        let kind = if failing.contains(p) {
+    // Outside the catalogue: generic OAuth 2.0 providers.
+    let generic = [
+        "malformed",
+        "denied",
+        "slow",
+        "broken",
+        "unavailable",
+        "forever",
+        "negative",
+    ];
+    for p in ["github", "discord", "spotify"].iter().chain(&generic) {
+        let kind = if generic.contains(p) {
             "kind = \"oauth2\"\n"
         } else {
             ""
@@ -159,6 +172,20 @@ async fn recorded_provider_shapes() {
         assert!(
             seen.iter().any(|s| s == expected),
             "{expected} not in {seen:?}"
+        );
+    }
+
+    // An `expires_in` past any integer's end, or below zero, is clamped to 0..=1 year.
+    for (provider, lifetime) in [("forever", 365 * 24 * 3600), ("negative", 0)] {
+        let cookie = b.sign_in_with(provider).await.unwrap();
+        let me = b.send("GET", "/api/me", Some(&cookie), &[]).await;
+        let user = me.body["user"]["id"].as_str().unwrap();
+        let sealed = vault.load(user, provider).await.unwrap().unwrap();
+        let now = SystemClock.unix();
+        let expires_at = sealed.expires_at().unwrap();
+        assert!(
+            (now - 5..=now).contains(&(expires_at - lifetime)),
+            "{provider}: expires at {expires_at}, now {now}"
         );
     }
 
