@@ -54,8 +54,13 @@ pub enum AgentError {
     Database(#[from] sqlx::Error),
     #[error("{0}")]
     Crypto(#[from] CryptoError),
-    #[error("agent request lookup: {0}")]
-    Lookup(String),
+    #[error("agent request lookup: {reason}")]
+    Lookup {
+        reason: String,
+        /// The database was out of reach (see `store::is_unavailable`): the same request
+        /// can succeed once it is back.
+        unavailable: bool,
+    },
 }
 
 /// Why a delegation token was not accepted.
@@ -155,7 +160,7 @@ fn valid_name(name: &str) -> bool {
 }
 
 /// The agent id inside a well-formed agent secret.
-fn agent_id(bearer: &str) -> Option<&str> {
+pub fn agent_id(bearer: &str) -> Option<&str> {
     let (id, _) = bearer
         .strip_prefix(AGENT_PREFIX)
         .and_then(|rest| rest.split_once('_'))?;

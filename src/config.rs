@@ -208,8 +208,21 @@ pub struct Limits {
     pub agent_user_per_second: u32,
     /// Requests a second per agent across all its users, in bursts of twice that.
     pub agent_per_second: u32,
-    /// Proxies whose `X-Forwarded-For` / `Forwarded` headers name the client address.
+    /// Proxies whose forwarding header names the client address.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The one header the trusted proxies write (the other is ignored, since a client
+    /// could have written it).
+    pub forwarded_header: ForwardedHeader,
+}
+
+/// Which header a trusted proxy appends the client address to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For` (nginx, most load balancers).
+    #[default]
+    XForwardedFor,
+    /// `Forwarded` (RFC 7239).
+    Forwarded,
 }
 
 impl Default for Limits {
@@ -220,6 +233,7 @@ impl Default for Limits {
             agent_user_per_second: 50,
             agent_per_second: 0,
             trusted_proxies: Vec::new(),
+            forwarded_header: ForwardedHeader::default(),
         }
     }
 }
@@ -233,6 +247,7 @@ struct RawLimits {
     agent_per_second: Option<u32>,
     #[serde(default)]
     trusted_proxies: Vec<String>,
+    forwarded_header: Option<String>,
 }
 
 impl RawLimits {
@@ -260,6 +275,21 @@ impl RawLimits {
                 .unwrap_or(d.agent_user_per_second),
             agent_per_second: self.agent_per_second.unwrap_or(d.agent_per_second),
             trusted_proxies,
+            forwarded_header: match self
+                .forwarded_header
+                .as_deref()
+                .map(str::to_ascii_lowercase)
+            {
+                None => ForwardedHeader::default(),
+                Some(h) if h == "x-forwarded-for" => ForwardedHeader::XForwardedFor,
+                Some(h) if h == "forwarded" => ForwardedHeader::Forwarded,
+                Some(other) => {
+                    return Err(invalid(
+                        "limits.forwarded_header",
+                        format!("{other:?} is not \"x-forwarded-for\" or \"forwarded\""),
+                    ));
+                }
+            },
         })
     }
 }

@@ -115,6 +115,7 @@ impl Error {
                 | OAuthError::Vault(VaultError::Database(e))
                 | OAuthError::Session(crate::sessions::SessionError::Database(e)),
             ) => is_unavailable(e),
+            Error::Agents(crate::agents::AgentError::Lookup { unavailable, .. }) => *unavailable,
             Error::NotRecorded(e) => e.unavailable,
             _ => false,
         }
@@ -320,5 +321,39 @@ impl IntoResponse for Error {
             HeaderValue::from_static("application/problem+json"),
         );
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_out_of_reach_is_503_wherever_it_surfaces() {
+        let down = || sqlx::Error::PoolTimedOut;
+        for e in [
+            Error::Database(down()),
+            Error::Agents(crate::agents::AgentError::Database(down())),
+            // The agent-request reader reports only whether the database was reachable.
+            Error::Agents(crate::agents::AgentError::Lookup {
+                reason: "database error".into(),
+                unavailable: true,
+            }),
+        ] {
+            assert_eq!(
+                e.classify().1,
+                "database_unavailable",
+                "{:?}",
+                e.to_string()
+            );
+            let resp = e.into_response();
+            assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert!(resp.headers().contains_key(axum::http::header::RETRY_AFTER));
+        }
+        let broken = Error::Agents(crate::agents::AgentError::Lookup {
+            reason: "database error".into(),
+            unavailable: false,
+        });
+        assert_eq!(broken.classify().1, "internal");
     }
 }

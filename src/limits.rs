@@ -7,13 +7,17 @@
 //! - agent routes, per agent across its users (`agent_per_second`, default off);
 //! - failed agent authentications (no or an unknown agent secret), per client address, at
 //!   the sign-in rates: an address whose failures ran out of budget is refused *before* its
-//!   next request costs a database read, while an agent that authenticates is never slowed
-//!   by its address.
+//!   next request costs a database read. A request naming an agent that has authenticated
+//!   on this instance before is let through to authentication all the same, so an attacker
+//!   sharing an address with an agent cannot lock it out (each such try costs one indexed
+//!   read, and needs a real agent's id).
 //!
 //! The client address is the TCP peer, or, only when the peer is a trusted proxy, the
-//! right-most untrusted address its `X-Forwarded-For` (or, without one, `Forwarded`)
-//! header names. A client can write anything into those headers, but only the hops a
-//! trusted proxy appended are believed, so a forged entry to their left changes nothing.
+//! right-most untrusted address in the one header the proxies write (`forwarded_header`:
+//! `X-Forwarded-For` or `Forwarded`; the other is ignored). A client can write anything
+//! into that header, but only the hops a trusted proxy appended are believed, so a forged
+//! entry to their left changes nothing. IPv6 clients are limited per /64, the block one
+//! subscriber is usually given.
 //!
 //! Limiters live in memory per instance (GCRA from `governor`) and run on the injected
 //! [`Clock`], so tests move time instead of sleeping.
@@ -34,10 +38,12 @@ use governor::{Quota, RateLimiter};
 use ipnet::IpNet;
 
 use crate::clock::Clock;
-use crate::config::Limits;
+use crate::config::{ForwardedHeader, Limits};
 
 /// Keys tracked per limiter before idle ones are pruned (checked every [`PRUNE_EVERY`]).
 const MAX_TRACKED: usize = 100_000;
+/// Agents remembered as having authenticated (more are simply not exempted).
+const MAX_KNOWN_AGENTS: usize = 10_000;
 const PRUNE_EVERY: u32 = 1024;
 
 /// Seconds to wait before the next request may pass (for `Retry-After`), at least 1.
@@ -129,8 +135,23 @@ pub struct Limiters {
     failures: Option<Keyed<IpAddr>>,
     /// Addresses whose failed authentications ran out, with when they may try again.
     blocked: Mutex<HashMap<IpAddr, Instant>>,
+    /// Ids of agents that have authenticated on this instance.
+    known_agents: Mutex<std::collections::HashSet<String>>,
     clock: LimitClock,
     trusted_proxies: Vec<IpNet>,
+    forwarded_header: ForwardedHeader,
+}
+
+/// The key an address is limited by: itself, or for IPv6 its /64.
+fn subscriber(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let mut octets = v6.octets();
+            octets[8..].fill(0);
+            IpAddr::V6(octets.into())
+        }
+    }
 }
 
 impl Limiters {
@@ -151,14 +172,18 @@ impl Limiters {
             ),
             failures: Keyed::new(limits.signin_per_second, limits.signin_burst, &clock),
             blocked: Mutex::new(HashMap::new()),
+            known_agents: Mutex::new(std::collections::HashSet::new()),
             clock,
             trusted_proxies: limits.trusted_proxies.clone(),
+            forwarded_header: limits.forwarded_header,
         }
     }
 
     /// One sign-in route request from `client`.
     pub fn signin(&self, client: IpAddr) -> Result<(), Wait> {
-        self.signin.as_ref().map_or(Ok(()), |l| l.take(&client))
+        self.signin
+            .as_ref()
+            .map_or(Ok(()), |l| l.take(&subscriber(client)))
     }
 
     /// One agent request for `user`: the per-(agent, user) limit, then the agent's ceiling.
@@ -176,10 +201,13 @@ impl Limiters {
             .map_or(Ok(()), |l| l.take(&agent.to_owned()))
     }
 
-    /// Before authenticating a request from `client`: refused while that address's failed
-    /// authentications are over budget, without any further cost.
-    pub fn before_authentication(&self, client: IpAddr) -> Result<(), Wait> {
+    /// Before authenticating a request from `client` that names agent id `claimed` (from
+    /// the bearer's prefix, not yet checked): refused while that address's failed
+    /// authentications are over budget, without any further cost, unless `claimed` is an
+    /// agent that has authenticated here before.
+    pub fn before_authentication(&self, client: IpAddr, claimed: Option<&str>) -> Result<(), Wait> {
         use governor::clock::Clock as _;
+        let client = subscriber(client);
         let Ok(mut blocked) = self.blocked.lock() else {
             return Ok(());
         };
@@ -187,7 +215,12 @@ impl Limiters {
             return Ok(());
         };
         let now = self.clock.now();
-        if now < until {
+        let known = claimed.is_some_and(|id| {
+            self.known_agents
+                .lock()
+                .is_ok_and(|known| known.contains(id))
+        });
+        if now < until && !known {
             return Err(Wait(whole_seconds(Duration::from_nanos(
                 until.duration_since(now).as_u64(),
             ))));
@@ -196,12 +229,24 @@ impl Limiters {
         Ok(())
     }
 
+    /// Agent `id` has authenticated: it is let through to authentication from an address
+    /// that is refused for others' failures (see [`Limiters::before_authentication`]).
+    pub fn agent_authenticated(&self, id: &str) {
+        if let Ok(mut known) = self.known_agents.lock()
+            && known.len() < MAX_KNOWN_AGENTS
+            && !known.contains(id)
+        {
+            known.insert(id.to_owned());
+        }
+    }
+
     /// A request from `client` failed authentication (no agent has its secret, or its
     /// delegation was refused). Once the address's budget is spent it is refused before
     /// authentication until the budget refills.
     pub fn authentication_failed(&self, client: IpAddr) {
         use governor::clock::Clock as _;
         let Some(l) = &self.failures else { return };
+        let client = subscriber(client);
         if let Err(Wait(seconds)) = l.take(&client) {
             let until = self.clock.now() + Nanos::from(Duration::from_secs(seconds));
             if let Ok(mut blocked) = self.blocked.lock() {
@@ -222,7 +267,15 @@ impl Limiters {
         forwarded_for: impl Iterator<Item = &'a str>,
         forwarded: impl Iterator<Item = &'a str>,
     ) -> IpAddr {
-        client_address(peer, forwarded_for, forwarded, &self.trusted_proxies)
+        let trusted = &self.trusted_proxies;
+        match self.forwarded_header {
+            ForwardedHeader::XForwardedFor => {
+                client_address(peer, forwarded_for, std::iter::empty(), trusted)
+            }
+            ForwardedHeader::Forwarded => {
+                client_address(peer, std::iter::empty(), forwarded, trusted)
+            }
+        }
     }
 }
 
@@ -459,15 +512,73 @@ mod tests {
         });
         let a = ip("198.51.100.4");
         for _ in 0..3 {
-            l.before_authentication(a).unwrap();
+            l.before_authentication(a, None).unwrap();
             l.authentication_failed(a);
         }
-        l.before_authentication(a).unwrap();
+        l.before_authentication(a, None).unwrap();
         l.authentication_failed(a); // over budget: blocked from now on
-        assert_eq!(l.before_authentication(a), Err(Wait(1)));
-        l.before_authentication(ip("198.51.100.5"))
+        assert_eq!(l.before_authentication(a, None), Err(Wait(1)));
+        l.before_authentication(ip("198.51.100.5"), None)
             .expect("other addresses are not blocked");
         clock.advance(1);
-        l.before_authentication(a).expect("the budget refilled");
+        l.before_authentication(a, None)
+            .expect("the budget refilled");
+    }
+
+    #[test]
+    fn an_agent_that_authenticated_is_not_locked_out_by_its_neighbours() {
+        let (l, _) = limiters(Limits {
+            signin_per_second: 1,
+            signin_burst: 1,
+            ..Limits::default()
+        });
+        let shared = ip("203.0.113.1");
+        l.agent_authenticated("0123abcd");
+        l.authentication_failed(shared);
+        l.authentication_failed(shared);
+        assert!(l.before_authentication(shared, None).is_err());
+        assert!(l.before_authentication(shared, Some("ffff0000")).is_err());
+        l.before_authentication(shared, Some("0123abcd"))
+            .expect("a known agent goes on to authentication");
+    }
+
+    #[test]
+    fn ipv6_clients_are_limited_per_64() {
+        let (l, _) = limiters(Limits {
+            signin_per_second: 1,
+            signin_burst: 2,
+            ..Limits::default()
+        });
+        l.signin(ip("2001:db8:1:2::1")).unwrap();
+        l.signin(ip("2001:db8:1:2:ffff::9")).unwrap();
+        assert!(l.signin(ip("2001:db8:1:2:abcd::5")).is_err(), "same /64");
+        l.signin(ip("2001:db8:1:3::1")).expect("another /64");
+    }
+
+    #[test]
+    fn only_the_configured_forwarding_header_is_read() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        let (xff, _) = limiters(Limits {
+            trusted_proxies: trusted.clone(),
+            ..Limits::default()
+        });
+        let (fwd, _) = limiters(Limits {
+            trusted_proxies: trusted,
+            forwarded_header: ForwardedHeader::Forwarded,
+            ..Limits::default()
+        });
+        let peer = ip("10.0.0.1");
+        let both = |l: &Limiters| {
+            l.client_address(
+                peer,
+                ["198.51.100.1"].into_iter(),
+                ["for=198.51.100.2"].into_iter(),
+            )
+        };
+        assert_eq!(both(&xff), ip("198.51.100.1"));
+        assert_eq!(both(&fwd), ip("198.51.100.2"));
+        // A proxy that writes Forwarded passes a client's X-Forwarded-For through: ignored.
+        let only_xff = fwd.client_address(peer, ["6.6.6.6"].into_iter(), std::iter::empty());
+        assert_eq!(only_xff, peer);
     }
 }

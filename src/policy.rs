@@ -287,7 +287,13 @@ impl Policies {
         // is a deny.
         Ok(Verdict {
             allowed: response.decision() == Decision::Allow && errors.is_empty(),
-            policies: diagnostics.reason().map(ToString::to_string).collect(),
+            // A deny for errors has no determining policy: the permits that matched did
+            // not decide it.
+            policies: if errors.is_empty() {
+                diagnostics.reason().map(ToString::to_string).collect()
+            } else {
+                Vec::new()
+            },
             errors,
         })
     }
@@ -435,6 +441,10 @@ forbid(principal, action == Action::"fetch_credential", resource)
             .unwrap();
         assert!(!v.errors.is_empty(), "{v:?}");
         assert!(!v.allowed, "an erring forbid let the permit through: {v:?}");
+        assert!(
+            v.policies.is_empty(),
+            "the permit did not decide this deny: {v:?}"
+        );
     }
 
     #[test]

@@ -13,7 +13,9 @@ const READERS: usize = 2;
 
 struct Lookup {
     key: RequestKey,
-    done: oneshot::Sender<Result<Option<RequestRows>, String>>,
+    /// `Err(unavailable)`: the read failed (its cause is logged), and whether the database
+    /// was out of reach.
+    done: oneshot::Sender<Result<Option<RequestRows>, bool>>,
 }
 
 /// Reads agent-request rows for many requests with one statement: a request waits for a
@@ -34,7 +36,10 @@ impl Lookups {
     }
 
     pub(super) async fn get(&self, key: RequestKey) -> Result<Option<RequestRows>, AgentError> {
-        let stopped = || AgentError::Lookup("the reader has stopped".into());
+        let stopped = || AgentError::Lookup {
+            reason: "the reader has stopped".into(),
+            unavailable: false,
+        };
         let (done, answer) = oneshot::channel();
         self.queue
             .send(Lookup { key, done })
@@ -43,7 +48,10 @@ impl Lookups {
         answer
             .await
             .map_err(|_| stopped())?
-            .map_err(AgentError::Lookup)
+            .map_err(|unavailable| AgentError::Lookup {
+                reason: "database error".into(),
+                unavailable,
+            })
     }
 }
 
@@ -60,7 +68,7 @@ async fn read(db: Db, rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Lookup>>>) {
             .await
             .map_err(|e| {
                 tracing::error!(error = %e, "agent request lookup failed");
-                "database error".to_owned()
+                crate::store::is_unavailable(&e)
             });
         for l in batch.drain(..) {
             let answer = match &found {
@@ -68,7 +76,7 @@ async fn read(db: Db, rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Lookup>>>) {
                     .iter()
                     .find(|(k, _)| *k == l.key)
                     .map(|(_, r)| r.clone())),
-                Err(e) => Err(e.clone()),
+                Err(unavailable) => Err(*unavailable),
             };
             // The request may have gone away.
             let _ = l.done.send(answer);

@@ -99,7 +99,12 @@ impl AgentRequest {
         let limits = &app.limits;
         if read != Read::Again {
             limits
-                .before_authentication(self.client)
+                .before_authentication(
+                    self.client,
+                    self.bearer
+                        .as_ref()
+                        .and_then(|b| crate::agents::agent_id(b.reveal())),
+                )
                 .map_err(|w| Error::RateLimited(w.0))?;
         }
         let Some(bearer) = self.bearer.as_ref() else {
@@ -111,6 +116,9 @@ impl AgentRequest {
             .agents
             .resolve(bearer.reveal(), token, provider, read == Read::Reuse)
             .await?;
+        if let Resolution::Refused(agent, _) | Resolution::Accepted { agent, .. } = &resolution {
+            limits.agent_authenticated(&agent.id);
+        }
         if read != Read::Again {
             match &resolution {
                 Resolution::Unauthenticated => limits.authentication_failed(self.client),
