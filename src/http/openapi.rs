@@ -301,6 +301,7 @@ fn ops() -> Vec<Op> {
                 (429, "rate_limited"),
                 (502, "provider_error"),
                 (503, "provider_unavailable"),
+                (503, "database_unavailable"),
             ],
         },
         Op {
@@ -332,6 +333,7 @@ fn ops() -> Vec<Op> {
                 (502, "provider_error"),
                 (503, "provider_unavailable"),
                 (503, "credential_changed"),
+                (503, "database_unavailable"),
             ],
         },
         Op {
@@ -635,6 +637,7 @@ mod tests {
             ("409", "reauth_required"),
             ("503", "provider_unavailable"),
             ("503", "credential_changed"),
+            ("503", "database_unavailable"),
         ] {
             assert!(
                 release[status]["description"]
