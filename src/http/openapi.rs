@@ -352,6 +352,7 @@ fn ops() -> Vec<Op> {
                 (502, "provider_error"),
                 (503, "provider_unavailable"),
                 (503, "credential_changed"),
+                (503, "database_unavailable"),
             ],
         },
         Op {
@@ -383,6 +384,7 @@ fn ops() -> Vec<Op> {
                 (502, "provider_error"),
                 (503, "provider_unavailable"),
                 (503, "credential_changed"),
+                (503, "database_unavailable"),
             ],
         },
         Op {
@@ -689,6 +691,7 @@ mod tests {
             ("409", "reauth_required"),
             ("503", "provider_unavailable"),
             ("503", "credential_changed"),
+            ("503", "database_unavailable"),
         ] {
             assert!(
                 release[status]["description"]

@@ -18,7 +18,7 @@ pub mod users;
 
 use std::path::Path;
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
@@ -30,6 +30,9 @@ pub type Conn = sqlx::AnyConnection;
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
+/// How long opening the database keeps trying a server that refuses connections.
+const OPEN_PATIENCE: Duration = Duration::from_secs(15);
 
 /// Which SQL engine is behind the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,35 +108,46 @@ impl Db {
         if backend == Backend::Sqlite {
             enable_wal(&options).await.map_err(OpenError::Connect)?;
         }
-        let pool = match backend {
-            Backend::Sqlite => {
-                AnyPoolOptions::new()
-                    .max_connections(4)
-                    .after_connect(|conn, _meta| {
-                        Box::pin(async move {
-                            // FULL: in WAL mode, NORMAL lets the last commits before a
-                            // power loss vanish although their callers were told they were
-                            // durable (a release answered, its audit event gone). FULL
-                            // syncs the log at every commit; the journal's group commit
-                            // keeps that to one sync per batch of releases.
-                            conn.execute(
-                                "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
+        let pool_options = || {
+            match backend {
+                Backend::Sqlite => {
+                    AnyPoolOptions::new()
+                        .max_connections(4)
+                        .after_connect(|conn, _meta| {
+                            Box::pin(async move {
+                                // FULL: in WAL mode, NORMAL lets the last commits before a
+                                // power loss vanish although their callers were told they were
+                                // durable (a release answered, its audit event gone). FULL
+                                // syncs the log at every commit; the journal's group commit
+                                // keeps that to one sync per batch of releases.
+                                conn.execute(
+                                    "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
                              PRAGMA busy_timeout = 15000;",
-                            )
-                            .await?;
-                            Ok(())
+                                )
+                                .await?;
+                                Ok(())
+                            })
                         })
-                    })
+                }
+                Backend::Postgres => AnyPoolOptions::new().max_connections(8),
             }
-            Backend::Postgres => AnyPoolOptions::new().max_connections(8),
-        }
-        .acquire_timeout(backend.acquire_timeout())
-        // No round trip before every statement to check the connection: a broken one
-        // fails its statement and is dropped by the pool.
-        .test_before_acquire(false)
-        .connect_with(options)
-        .await
-        .map_err(OpenError::Connect)?;
+            .acquire_timeout(backend.acquire_timeout())
+            // No round trip before every statement to check the connection: a broken one
+            // fails its statement and is dropped by the pool.
+            .test_before_acquire(false)
+        };
+        // Opening waits longer than a request does for a server that is not up yet (one
+        // started beside this process, or restarting).
+        let patience = Instant::now() + OPEN_PATIENCE;
+        let pool = loop {
+            match pool_options().connect_with(options.clone()).await {
+                Ok(pool) => break pool,
+                Err(e) if is_unavailable(&e) && Instant::now() < patience => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(OpenError::Connect(e)),
+            }
+        };
         Ok(Db { pool, backend })
     }
 

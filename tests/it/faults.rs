@@ -282,7 +282,7 @@ async fn postgres_restart_under_releases() {
     let (auth, dlg) = release_grant(&state, &vault, &db).await;
     let app = strongbox::app(state);
 
-    // (down since, up again at): a 200 sent after the first and answered before the
+    // (down since, starting again at): a 200 sent after the first and answered before the
     // second would be a release without a durable event.
     let window: Arc<Mutex<(Option<Instant>, Option<Instant>)>> = Arc::default();
     let seen: Arc<Mutex<Seen>> = Arc::default();
@@ -356,8 +356,10 @@ async fn postgres_restart_under_releases() {
     )
     .await;
     let (ok_down, _) = count(&seen);
-    pg.up();
+    // Marked before the start: the server may accept connections before `pg_ctl` has
+    // seen that it is ready.
     window.lock().unwrap().1 = Some(Instant::now());
+    pg.up();
     wait_for(
         "releases after the restart",
         Duration::from_secs(15),
@@ -388,6 +390,17 @@ async fn postgres_restart_under_releases() {
     assert!(events >= seen.ok.len());
     strongbox::audit::verify(&db).await.unwrap();
     db.close().await;
+
+    // An instance started while the server is still down opens the database once it is
+    // up, although that takes longer than a request waits for a connection.
+    pg.down();
+    let opening = tokio::spawn(async move { Db::connect(&url).await.map(|db| db.backend()) });
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    pg.up();
+    assert!(
+        opening.await.unwrap().is_ok(),
+        "opened after the server came up"
+    );
 }
 
 mod serve_killed_under_releases {
