@@ -316,6 +316,7 @@ fn ops() -> Vec<Op> {
                 (401, "delegation_expired"),
                 (403, "delegation_invalid"),
                 (429, "rate_limited"),
+                (503, "database_unavailable"),
             ],
         },
         Op {
