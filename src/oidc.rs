@@ -47,6 +47,23 @@ pub struct Discovery {
     pub revocation_endpoint: Option<String>,
 }
 
+impl Discovery {
+    /// The first endpoint a production deployment may not use: not https, and not plain
+    /// http to a loopback address (SPEC §3; the same rule as configured endpoints).
+    pub fn insecure_endpoint(&self) -> Option<&str> {
+        [
+            Some(self.authorization_endpoint.as_str()),
+            Some(self.token_endpoint.as_str()),
+            self.userinfo_endpoint.as_deref(),
+            Some(self.jwks_uri.as_str()),
+            self.revocation_endpoint.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
+        .find(|u| !crate::config::secure_endpoint(u))
+    }
+}
+
 /// Who an ID token says signed in.
 #[derive(Debug, Clone)]
 pub struct IdClaims {
@@ -72,6 +89,17 @@ pub struct Expect<'a> {
 pub struct Oidc {
     jwks: RwLock<HashMap<String, CoreJsonWebKeySet>>,
     discovered: RwLock<HashMap<String, Discovery>>,
+    /// `public_url` is https: discovered endpoints must be https too (or loopback).
+    https: bool,
+}
+
+impl Oidc {
+    pub fn new(https: bool) -> Oidc {
+        Oidc {
+            https,
+            ..Oidc::default()
+        }
+    }
 }
 
 fn refused(why: &str) -> OAuthError {
@@ -102,6 +130,11 @@ impl Oidc {
         if d.issuer != issuer {
             return Err(OAuthError::ProviderFailed(
                 "discovery_issuer_mismatch".into(),
+            ));
+        }
+        if self.https && d.insecure_endpoint().is_some() {
+            return Err(OAuthError::ProviderError(
+                "discovery_insecure_endpoint".into(),
             ));
         }
         if let Ok(mut m) = self.discovered.write() {
@@ -246,6 +279,23 @@ mod tests {
     fn token(claims: &str) -> String {
         let b = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
         format!("{}.{}.sig", b("{\"alg\":\"RS256\"}"), b(claims))
+    }
+
+    #[test]
+    fn discovered_endpoints_must_be_https_or_loopback() {
+        let doc = |token: &str| super::Discovery {
+            issuer: "https://idp.example".into(),
+            authorization_endpoint: "https://idp.example/authorize".into(),
+            token_endpoint: token.into(),
+            userinfo_endpoint: Some("http://127.0.0.1:9/userinfo".into()),
+            jwks_uri: "https://idp.example/jwks".into(),
+            revocation_endpoint: None,
+        };
+        assert_eq!(doc("https://idp.example/token").insecure_endpoint(), None);
+        assert_eq!(
+            doc("http://idp.example/token").insecure_endpoint(),
+            Some("http://idp.example/token")
+        );
     }
 
     #[test]

@@ -257,7 +257,7 @@ impl OAuth {
         let flow_key = vault.derive_secret("oauth flow");
         let executor = Executor::new(Arc::clone(&vault));
         Ok(OAuth {
-            oidc: Oidc::default(),
+            oidc: Oidc::new(config.https),
             executor,
             db,
             vault,
