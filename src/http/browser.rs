@@ -8,7 +8,8 @@ use axum::Json;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
+use cookie::{Cookie, SameSite};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -29,36 +30,46 @@ pub fn cookie_name(https: bool) -> &'static str {
     }
 }
 
+/// The session cookie's attributes: sent only over HTTP (no script reads it), on top-level
+/// navigations from other sites but not their subrequests, for the whole site; `Secure`
+/// over https, where the `__Host-` name also pins it to this host and `Path=/`.
+fn session_cookie(https: bool, value: &str) -> Cookie<'_> {
+    Cookie::build((cookie_name(https), value))
+        .http_only(true)
+        .same_site(SameSite::Lax)
+        .path("/")
+        .secure(https)
+        .build()
+}
+
+fn header_value(cookie: &Cookie<'_>) -> HeaderValue {
+    HeaderValue::from_str(&cookie.to_string()).unwrap_or(HeaderValue::from_static(""))
+}
+
 fn set_cookie(https: bool, token: &SessionToken) -> HeaderValue {
-    let secure = if https { "; Secure" } else { "" };
-    let value = format!(
-        "{}={}; Path=/; HttpOnly; SameSite=Lax{secure}",
-        cookie_name(https),
-        token.reveal()
-    );
-    HeaderValue::from_str(&value).unwrap_or(HeaderValue::from_static(""))
+    header_value(&session_cookie(https, token.reveal()))
 }
 
+/// Ends the session cookie now. Only `Max-Age=0`, not the `Expires` in the past that
+/// `Cookie::make_removal` adds: the attributes stay those the cookie was set with.
 fn clear_cookie(https: bool) -> HeaderValue {
-    let secure = if https { "; Secure" } else { "" };
-    let value = format!(
-        "{}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0{secure}",
-        cookie_name(https)
-    );
-    HeaderValue::from_str(&value).unwrap_or(HeaderValue::from_static(""))
+    let mut cookie = session_cookie(https, "");
+    cookie.set_max_age(cookie::time::Duration::ZERO);
+    header_value(&cookie)
 }
 
-/// The session cookie's secret, if the request carries one.
+/// The session cookie's secret, if the request carries one (the first of that name, in
+/// any of its `Cookie` headers).
 fn cookie_token(headers: &HeaderMap, https: bool) -> Option<SessionToken> {
     let name = cookie_name(https);
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| SessionToken::new(v.to_owned()))
+        .flat_map(Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|c| c.name() == name)
+        .map(|c| SessionToken::new(c.value().to_owned()))
 }
 
 /// The browser's session, if it has a live one.
@@ -222,7 +233,7 @@ pub async fn connect(
             return_to: q.return_to.as_deref(),
             csrf: &Sessions::csrf_token(&me.token),
         };
-        return Ok(Html(page.render()).into_response());
+        return Ok(page.into_response());
     }
     start_connect(&app, me, &provider, &scopes, q.return_to.as_deref()).await
 }
@@ -411,5 +422,69 @@ pub async fn disconnect(
             Ok(Json(json!({ "erased": true, "revoked": false, "detail": format!("revocation failed: {why}") })).into_response())
         }
         Disconnected::PendingRetry => Err(Error::ProviderUnavailable),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::{HeaderMap, HeaderValue, header};
+
+    use super::{clear_cookie, cookie_token, set_cookie};
+    use crate::secret::SessionToken;
+
+    #[test]
+    fn session_cookie_attributes() {
+        let token = SessionToken::new("s3cr3t-Tok_en".to_owned());
+        assert_eq!(
+            set_cookie(false, &token),
+            "strongbox=s3cr3t-Tok_en; HttpOnly; SameSite=Lax; Path=/"
+        );
+        assert_eq!(
+            set_cookie(true, &token),
+            "__Host-strongbox=s3cr3t-Tok_en; HttpOnly; SameSite=Lax; Secure; Path=/"
+        );
+        assert_eq!(
+            clear_cookie(false),
+            "strongbox=; HttpOnly; SameSite=Lax; Path=/; Max-Age=0"
+        );
+        assert_eq!(
+            clear_cookie(true),
+            "__Host-strongbox=; HttpOnly; SameSite=Lax; Secure; Path=/; Max-Age=0"
+        );
+    }
+
+    fn read(https: bool, cookies: &[&str]) -> Option<String> {
+        let mut headers = HeaderMap::new();
+        for c in cookies {
+            headers.append(header::COOKIE, HeaderValue::from_str(c).unwrap());
+        }
+        cookie_token(&headers, https).map(|t| t.reveal().to_owned())
+    }
+
+    #[test]
+    fn reads_the_session_cookie_by_its_exact_name() {
+        assert_eq!(read(false, &[]), None);
+        assert_eq!(read(false, &["strongbox=tok"]).as_deref(), Some("tok"));
+        assert_eq!(
+            read(false, &["a=1; xstrongbox=no;strongbox=tok ; b=2"]).as_deref(),
+            Some("tok")
+        );
+        // Any of several `Cookie` headers; pieces that are no cookie are skipped.
+        assert_eq!(
+            read(false, &["a=1", "junk; =x; strongbox=tok"]).as_deref(),
+            Some("tok")
+        );
+        // The first of that name wins, as before.
+        assert_eq!(
+            read(false, &["strongbox=one; strongbox=two"]).as_deref(),
+            Some("one")
+        );
+        // The name follows the deployment: the other one is someone else's cookie.
+        assert_eq!(read(true, &["strongbox=tok"]), None);
+        assert_eq!(read(false, &["__Host-strongbox=tok"]), None);
+        assert_eq!(
+            read(true, &["strongbox=no; __Host-strongbox=tok"]).as_deref(),
+            Some("tok")
+        );
     }
 }

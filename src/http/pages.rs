@@ -1,13 +1,15 @@
-//! Server-rendered pages: the sign-in page, the account page and the connect confirmation.
-//! Plain HTML forms, no JavaScript, one same-origin stylesheet, so the strict CSP holds and
-//! everything works with JavaScript off. Every interpolated value goes through [`esc`].
+//! Server-rendered pages: the sign-in page, the account page, the connect confirmation and
+//! the HTML error page, as askama templates under `templates/` (one file per page, one shared
+//! layout). Plain HTML forms, no JavaScript, one same-origin stylesheet, so the strict CSP
+//! holds and everything works with JavaScript off. The templates escape every interpolated
+//! value (askama's HTML escaping is on for `.html` files); nothing here builds HTML by hand.
 
-use std::fmt::Write;
-
+use askama::Template;
+use askama_web::WebTemplate;
 use axum::extract::{Form, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::Next;
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::AppState;
@@ -18,33 +20,6 @@ use crate::error::Error;
 use crate::oauth::Disconnected;
 use crate::sessions::Sessions;
 use crate::store::identities;
-
-/// Escapes text for HTML element content and quoted attribute values.
-pub fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-fn page(title: &str, body: &str) -> String {
-    format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{} · Strongbox</title><link rel=\"stylesheet\" href=\"/static/app.css\"></head>\
-         <body><main><h1>{}</h1>{body}</main></body></html>",
-        esc(title),
-        esc(title)
-    )
-}
 
 /// `GET /static/app.css`.
 pub async fn stylesheet() -> Response {
@@ -59,95 +34,116 @@ pub async fn stylesheet() -> Response {
 pub async fn home(
     State(app): State<AppState>,
     current: Option<BrowserSession>,
-) -> Result<Html<String>, Error> {
+) -> Result<Response, Error> {
     match current {
         Some(BrowserSession { token, session }) if session.user_id.is_some() => {
             let user_id = session.user_id.unwrap_or_default();
-            account(&app, SignedIn { token, user_id }).await
+            Ok(account(&app, SignedIn { token, user_id })
+                .await?
+                .into_response())
         }
-        _ => Ok(Html(sign_in_page(&app))),
+        _ => Ok(SignInPage {
+            providers: app.oauth.login_providers(),
+        }
+        .into_response()),
     }
 }
 
-fn sign_in_page(app: &AppState) -> String {
-    let mut body = String::from(
-        "<p>Sign in to manage the accounts your agents may use.</p><ul class=\"providers\">",
-    );
-    let providers = app.oauth.login_providers();
-    if providers.is_empty() {
-        body.push_str("<li>No sign-in provider is configured.</li>");
-    }
-    for (name, display) in providers {
-        let _ = write!(
-            body,
-            "<li><a class=\"button\" href=\"/login/{}\">Sign in with {}</a></li>",
-            esc(&name),
-            esc(&display)
-        );
-    }
-    body.push_str("</ul>");
-    page("Sign in", &body)
+/// `templates/sign_in.html`: one button per sign-in provider, `(name, display name)`.
+#[derive(Template, WebTemplate)]
+#[template(path = "sign_in.html")]
+struct SignInPage {
+    providers: Vec<(String, String)>,
 }
 
-async fn account(app: &AppState, me: SignedIn) -> Result<Html<String>, Error> {
-    let csrf = esc(&Sessions::csrf_token(&me.token));
-    let mut body = String::new();
-    body.push_str("<h2>Identities</h2><ul>");
-    for (provider, subject, email, name) in identities::for_user(app.db.pool(), &me.user_id).await?
-    {
-        let label = name.or(email).unwrap_or(subject);
-        let _ = write!(body, "<li>{} — {}</li>", esc(&provider), esc(&label));
-    }
-    body.push_str("</ul><h2>Connections</h2><table><tr><th>Provider</th><th>Scopes</th><th>Status</th><th>Last used</th><th></th></tr>");
-    for c in app.vault.list(&me.user_id).await? {
-        let last = c.last_used_at().map_or_else(|| "never".to_owned(), rfc3339);
-        let _ = write!(
-            body,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><form method=\"post\" action=\"/connections/{}/disconnect\">\
-             <input type=\"hidden\" name=\"csrf_token\" value=\"{csrf}\"><button>Disconnect</button></form></td></tr>",
-            esc(c.provider()),
-            esc(&c.scopes().join(" ")),
-            esc(c.status()),
-            esc(&last),
-            esc(c.id()),
-        );
-    }
-    body.push_str("</table><h2>Connect an account</h2><ul class=\"connect\">");
-    for (name, display, scopes) in app.oauth.connect_providers() {
-        let _ = write!(
-            body,
-            "<li><form method=\"get\" action=\"/connect/{}\"><label>{} scopes \
-             <input name=\"scopes\" value=\"{}\" size=\"40\"></label> \
-             <button>Connect {}</button></form></li>",
-            esc(&name),
-            esc(&display),
-            esc(&scopes.join(",")),
-            esc(&display),
-        );
-    }
-    body.push_str("</ul><h2>Sessions</h2><ul>");
-    for s in app.sessions.list(&me.user_id, &me.token).await? {
-        let _ = write!(
-            body,
-            "<li>Signed in {}, last seen {}{}</li>",
-            esc(&rfc3339(s.created_at)),
-            esc(&rfc3339(s.last_seen_at)),
-            if s.current { " (this browser)" } else { "" }
-        );
-    }
-    let _ = write!(
-        body,
-        "</ul><form method=\"post\" action=\"/sessions/end-all\"><input type=\"hidden\" name=\"csrf_token\" value=\"{csrf}\">\
-         <button>Sign out everywhere</button></form>\
-         <form method=\"post\" action=\"/logout\"><input type=\"hidden\" name=\"csrf_token\" value=\"{csrf}\">\
-         <button>Sign out</button></form>"
-    );
-    Ok(Html(page("Your account", &body)))
+/// `templates/account.html`. Holds the CSRF token: no `Debug`.
+#[derive(Template, WebTemplate)]
+#[template(path = "account.html")]
+struct AccountPage {
+    /// `(provider, the name, email or subject shown)`.
+    identities: Vec<(String, String)>,
+    connections: Vec<ConnectionRow>,
+    connect: Vec<ConnectOffer>,
+    sessions: Vec<SessionRow>,
+    csrf: String,
+}
+
+struct ConnectionRow {
+    id: String,
+    provider: String,
+    scopes: String,
+    status: String,
+    last_used: String,
+}
+
+struct ConnectOffer {
+    name: String,
+    display: String,
+    /// The provider's default scopes, comma-separated, prefilled in the form.
+    scopes: String,
+}
+
+struct SessionRow {
+    created: String,
+    last_seen: String,
+    current: bool,
+}
+
+async fn account(app: &AppState, me: SignedIn) -> Result<AccountPage, Error> {
+    let identities = identities::for_user(app.db.pool(), &me.user_id)
+        .await?
+        .into_iter()
+        .map(|(provider, subject, email, name)| (provider, name.or(email).unwrap_or(subject)))
+        .collect();
+    let connections = app
+        .vault
+        .list(&me.user_id)
+        .await?
+        .iter()
+        .map(|c| ConnectionRow {
+            id: c.id().to_owned(),
+            provider: c.provider().to_owned(),
+            scopes: c.scopes().join(" "),
+            status: c.status().to_owned(),
+            last_used: c.last_used_at().map_or_else(|| "never".to_owned(), rfc3339),
+        })
+        .collect();
+    let connect = app
+        .oauth
+        .connect_providers()
+        .into_iter()
+        .map(|(name, display, scopes)| ConnectOffer {
+            name,
+            display,
+            scopes: scopes.join(","),
+        })
+        .collect();
+    let sessions = app
+        .sessions
+        .list(&me.user_id, &me.token)
+        .await?
+        .into_iter()
+        .map(|s| SessionRow {
+            created: rfc3339(s.created_at),
+            last_seen: rfc3339(s.last_seen_at),
+            current: s.current,
+        })
+        .collect();
+    Ok(AccountPage {
+        identities,
+        connections,
+        connect,
+        sessions,
+        csrf: Sessions::csrf_token(&me.token),
+    })
 }
 
 /// The page that confirms a connect flow another site navigated to (an agent's
 /// `reauth_required` link, or a forged one): what would be connected, with which scopes,
-/// and a CSRF-protected Continue that posts back to `/connect/{provider}`.
+/// and a CSRF-protected Continue that posts back to `/connect/{provider}`
+/// (`templates/connect.html`).
+#[derive(Template, WebTemplate)]
+#[template(path = "connect.html")]
 pub struct ConfirmConnect<'a> {
     pub provider: &'a str,
     pub display: &'a str,
@@ -157,40 +153,6 @@ pub struct ConfirmConnect<'a> {
     pub extra: &'a [String],
     pub return_to: Option<&'a str>,
     pub csrf: &'a str,
-}
-
-impl ConfirmConnect<'_> {
-    pub fn render(&self) -> String {
-        let mut body = format!(
-            "<p>A link asks to connect your {} account to Strongbox, so that agents you              delegate to can use it with these scopes:</p><ul class=\"scopes\">",
-            esc(self.display)
-        );
-        if self.scopes.is_empty() {
-            body.push_str("<li>the provider's defaults</li>");
-        }
-        for s in self.scopes {
-            let _ = write!(body, "<li><code>{}</code></li>", esc(s));
-        }
-        let _ = write!(
-            body,
-            "</ul><p>Continue only if you meant to do this.</p>\
-             <form method=\"post\" action=\"/connect/{}\">\
-             <input type=\"hidden\" name=\"csrf_token\" value=\"{}\">\
-             <input type=\"hidden\" name=\"scopes\" value=\"{}\">",
-            esc(&crate::oauth::form_encode(self.provider)),
-            esc(self.csrf),
-            esc(&self.extra.join(",")),
-        );
-        if let Some(r) = self.return_to {
-            let _ = write!(
-                body,
-                "<input type=\"hidden\" name=\"return_to\" value=\"{}\">",
-                esc(r)
-            );
-        }
-        body.push_str("<button>Continue</button> <a class=\"button\" href=\"/\">Cancel</a></form>");
-        page(&format!("Connect {}", self.display), &body)
-    }
 }
 
 /// The CSRF token is not printable: no `Debug`.
@@ -237,6 +199,15 @@ pub async fn end_all_form(
     Ok(back_home())
 }
 
+/// `templates/error.html`: a problem document's title, detail and code.
+#[derive(Template)]
+#[template(path = "error.html")]
+struct ErrorPage {
+    title: String,
+    detail: String,
+    code: String,
+}
+
 /// Turns problem documents into a friendly page for browsers (requests that accept HTML
 /// and not JSON); API clients keep the RFC 9457 JSON.
 pub async fn friendly_errors(req: Request, next: Next) -> Response {
@@ -255,6 +226,7 @@ pub async fn friendly_errors(req: Request, next: Next) -> Response {
         return resp;
     }
     let (mut parts, body) = resp.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
     let bytes = axum::body::to_bytes(body, 64 * 1024)
         .await
         .unwrap_or_default();
@@ -266,30 +238,44 @@ pub async fn friendly_errors(req: Request, next: Next) -> Response {
             .unwrap_or_default()
             .to_owned()
     };
-    let html = page(
-        &text("title"),
-        &format!(
-            "<p>{}</p><p class=\"code\">Error code: {}</p><p><a href=\"/\">Back to Strongbox</a></p>",
-            esc(&text("detail")),
-            esc(&text("code"))
-        ),
-    );
+    let page = ErrorPage {
+        title: text("title"),
+        detail: text("detail"),
+        code: text("code"),
+    };
+    let Ok(html) = page.render() else {
+        // Rendering plain strings cannot fail; if it ever did, the JSON still answers.
+        return Response::from_parts(parts, axum::body::Body::from(bytes));
+    };
     parts.headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/html; charset=utf-8"),
     );
-    parts.headers.remove(header::CONTENT_LENGTH);
     Response::from_parts(parts, axum::body::Body::from(html))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{ConfirmConnect, esc};
+    use askama::Template;
+
+    use super::{AccountPage, ConfirmConnect, ConnectOffer, ConnectionRow, ErrorPage, SignInPage};
+
+    /// What every page shares: the stylesheet, and no script of any kind.
+    fn framed(html: &str) {
+        assert!(html.starts_with("<!doctype html>"), "{html}");
+        assert!(
+            html.contains("<link rel=\"stylesheet\" href=\"/static/app.css\">"),
+            "{html}"
+        );
+        for script in ["<script", "<style", " style=", "javascript:"] {
+            assert!(!html.contains(script), "{script} in {html}");
+        }
+    }
 
     #[test]
     fn connect_confirmation_escapes_what_it_shows() {
         let scopes = vec!["openid".to_owned(), "<img src=x>".to_owned()];
-        let extra = vec!["<img src=x>".to_owned()];
+        let extra = vec!["<img src=x>".to_owned(), "b'c".to_owned()];
         let html = ConfirmConnect {
             provider: "acme",
             display: "Acme <b>&</b>",
@@ -298,28 +284,127 @@ mod tests {
             return_to: Some("/x\"><script>"),
             csrf: "tok\"en",
         }
-        .render();
+        .render()
+        .unwrap();
         for shown in [
-            "<title>Connect Acme &lt;b&gt;&amp;&lt;/b&gt; · Strongbox</title>",
-            "<code>&lt;img src=x&gt;</code>",
-            "name=\"scopes\" value=\"&lt;img src=x&gt;\"",
-            "name=\"return_to\" value=\"/x&quot;&gt;&lt;script&gt;\"",
-            "name=\"csrf_token\" value=\"tok&quot;en\"",
+            "<title>Connect Acme &#60;b&#62;&#38;&#60;/b&#62; · Strongbox</title>",
+            "<h1>Connect Acme &#60;b&#62;&#38;&#60;/b&#62;</h1>",
+            "<code>openid</code>",
+            "<code>&#60;img src=x&#62;</code>",
+            "name=\"scopes\" value=\"&#60;img src=x&#62;,b&#39;c\"",
+            "name=\"return_to\" value=\"/x&#34;&#62;&#60;script&#62;\"",
+            "name=\"csrf_token\" value=\"tok&#34;en\"",
             "<form method=\"post\" action=\"/connect/acme\">",
-            "<a class=\"button\" href=\"/\">Cancel</a>",
+            "<button>Continue</button> <a class=\"button\" href=\"/\">Cancel</a>",
         ] {
             assert!(html.contains(shown), "{shown} not in {html}");
         }
-        for raw in ["<b>", "<img", "<script"] {
+        for raw in ["<b>", "<img", "<script", "b'c"] {
             assert!(!html.contains(raw), "{raw} in {html}");
         }
+        framed(&html);
     }
 
     #[test]
-    fn escapes_markup() {
-        assert_eq!(
-            esc("<a href=\"x\">'&'</a>"),
-            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+    fn connect_confirmation_without_scopes_or_return_to() {
+        let html = ConfirmConnect {
+            provider: "a/b?c",
+            display: "Acme",
+            scopes: &[],
+            extra: &[],
+            return_to: None,
+            csrf: "t",
+        }
+        .render()
+        .unwrap();
+        assert!(html.contains("<li>the provider's defaults</li>"), "{html}");
+        assert!(!html.contains("return_to"), "{html}");
+        // The provider is a path segment of the form's target: percent-encoded.
+        assert!(html.contains("action=\"/connect/a%2Fb%3Fc\""), "{html}");
+    }
+
+    #[test]
+    fn sign_in_page_escapes_provider_names() {
+        let html = SignInPage {
+            providers: vec![("acme".to_owned(), "Acme \"<script>".to_owned())],
+        }
+        .render()
+        .unwrap();
+        assert!(
+            html.contains("<title>Sign in · Strongbox</title>"),
+            "{html}"
         );
+        assert!(
+            html.contains(
+                "<li><a class=\"button\" href=\"/login/acme\">Sign in with Acme &#34;&#60;script&#62;</a></li>"
+            ),
+            "{html}"
+        );
+        assert!(!html.contains("No sign-in provider"), "{html}");
+        framed(&html);
+        let none = SignInPage { providers: vec![] }.render().unwrap();
+        assert!(
+            none.contains("<li>No sign-in provider is configured.</li>"),
+            "{none}"
+        );
+    }
+
+    #[test]
+    fn account_page_escapes_and_carries_the_csrf_token() {
+        let html = AccountPage {
+            identities: vec![("acme".to_owned(), "<i>Alice</i>".to_owned())],
+            connections: vec![ConnectionRow {
+                id: "c1".to_owned(),
+                provider: "tools".to_owned(),
+                scopes: "read <img src=x>".to_owned(),
+                status: "active".to_owned(),
+                last_used: "never".to_owned(),
+            }],
+            connect: vec![ConnectOffer {
+                name: "acme".to_owned(),
+                display: "Acme'".to_owned(),
+                scopes: "openid,\"x\"".to_owned(),
+            }],
+            sessions: vec![],
+            csrf: "c\"srf".to_owned(),
+        }
+        .render()
+        .unwrap();
+        for shown in [
+            "<h1>Your account</h1>",
+            "<li>acme — &#60;i&#62;Alice&#60;/i&#62;</li>",
+            "<tr><td>tools</td><td>read &#60;img src=x&#62;</td><td>active</td><td>never</td><td><form method=\"post\" action=\"/connections/c1/disconnect\">",
+            "<label>Acme&#39; scopes <input name=\"scopes\" value=\"openid,&#34;x&#34;\" size=\"40\"></label> <button>Connect Acme&#39;</button>",
+            "<form method=\"post\" action=\"/sessions/end-all\"><input type=\"hidden\" name=\"csrf_token\" value=\"c&#34;srf\">",
+            "<button>Sign out everywhere</button></form><form method=\"post\" action=\"/logout\"><input type=\"hidden\" name=\"csrf_token\" value=\"c&#34;srf\"><button>Sign out</button></form>",
+        ] {
+            assert!(html.contains(shown), "{shown} not in {html}");
+        }
+        assert_eq!(html.matches("value=\"c&#34;srf\"").count(), 3, "{html}");
+        for raw in ["<i>", "<img", "c\"srf", "Acme'"] {
+            assert!(!html.contains(raw), "{raw} in {html}");
+        }
+        framed(&html);
+    }
+
+    #[test]
+    fn error_page_escapes_the_problem() {
+        let html = ErrorPage {
+            title: "Not <found>".to_owned(),
+            detail: "no \"x\" & y".to_owned(),
+            code: "<not_found>".to_owned(),
+        }
+        .render()
+        .unwrap();
+        for shown in [
+            "<title>Not &#60;found&#62; · Strongbox</title>",
+            "<h1>Not &#60;found&#62;</h1>",
+            "<p>no &#34;x&#34; &#38; y</p>",
+            "<p class=\"code\">Error code: &#60;not_found&#62;</p>",
+            "<p><a href=\"/\">Back to Strongbox</a></p>",
+        ] {
+            assert!(html.contains(shown), "{shown} not in {html}");
+        }
+        framed(&html);
     }
 }

@@ -15,13 +15,14 @@ async fn flows(site: &Site) -> i64 {
     count(&site.url, "SELECT COUNT(*) FROM oauth_flow").await
 }
 
-/// Undoes the page's HTML escaping of an attribute value.
+/// Undoes the page's HTML escaping of an attribute value (the templates write numeric
+/// character references).
 fn unescape(s: &str) -> String {
-    s.replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&quot;", "\"")
+    s.replace("&#60;", "<")
+        .replace("&#62;", ">")
+        .replace("&#34;", "\"")
         .replace("&#39;", "'")
-        .replace("&amp;", "&")
+        .replace("&#38;", "&")
 }
 
 /// The confirmation form of `html`: where it posts, and its hidden fields urlencoded, as
@@ -98,10 +99,10 @@ async fn cross_site_connect(site: Site) {
             "Connect acme",
             "<code>openid</code>",
             "<code>calendar</code>",
-            "<code>&lt;b&gt;files&lt;/b&gt;</code>",
+            "<code>&#60;b&#62;files&#60;/b&#62;</code>",
             "<form method=\"post\" action=\"/connect/acme\">",
             &format!("name=\"csrf_token\" value=\"{csrf}\""),
-            "value=\"/x&quot;&gt;\"",
+            "value=\"/x&#34;&#62;\"",
             "<a class=\"button\" href=\"/\">Cancel</a>",
         ] {
             assert!(html.contains(shown), "{header:?}: {shown} not in {html}");
