@@ -1,5 +1,9 @@
 //! The one crypto boundary: the only module that names cipher, digest or RNG crates.
 //!
+//! The AEADs are RustCrypto's `aes-gcm` and `chacha20poly1305`, whose expanded keys are
+//! wiped on drop; ring supplies the CSPRNG, SHA-256 and HMAC, and its AEADs are the
+//! independent implementation the tests check these against.
+//!
 //! Everything here works on fixed-size keys (32 bytes), nonces (12 bytes) and tags
 //! (16 bytes); any other size is refused with [`CryptoError::UnsupportedSize`] rather than
 //! padded or truncated. Key bytes live in [`Key32`], which zeroizes on drop and cannot be
@@ -8,7 +12,11 @@
 
 use std::fmt;
 
-use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
+use aes_gcm::Aes256Gcm;
+use aes_gcm::aead::array::Array;
+use aes_gcm::aead::consts::{U12, U16};
+use aes_gcm::aead::{AeadCore, AeadInOut, KeyInit};
+use chacha20poly1305::ChaCha20Poly1305;
 use ring::rand::{SecureRandom, SystemRandom};
 use zeroize::Zeroizing;
 
@@ -70,13 +78,6 @@ impl Cipher {
         [Cipher::Aes256Gcm, Cipher::ChaCha20Poly1305]
             .into_iter()
             .find(|c| c.name() == name)
-    }
-
-    fn algorithm(self) -> &'static aead::Algorithm {
-        match self {
-            Cipher::Aes256Gcm => &aead::AES_256_GCM,
-            Cipher::ChaCha20Poly1305 => &aead::CHACHA20_POLY1305,
-        }
     }
 }
 
@@ -145,10 +146,19 @@ impl fmt::Debug for Key32 {
 }
 
 /// A key bound to its cipher, ready to seal and open. Built once per KEK and kept; built
-/// per record for DEKs.
+/// per record for DEKs, and kept in the vault's DEK cache. Both engines are RustCrypto's,
+/// built with their `zeroize` feature: the expanded AES key schedule, the GHASH key and the
+/// ChaCha20 key are wiped when the last reference drops (ring's are not).
 pub struct AeadKey {
     cipher: Cipher,
-    key: LessSafeKey,
+    engine: Engine,
+}
+
+/// The expanded key of one cipher. The AES schedule is a few hundred bytes, so it is boxed
+/// to keep the enum (and every `Arc` in the DEK cache) small.
+enum Engine {
+    Aes(Box<Aes256Gcm>),
+    ChaCha(Box<ChaCha20Poly1305>),
 }
 
 impl fmt::Debug for AeadKey {
@@ -164,21 +174,22 @@ impl AeadKey {
 
     /// Builds a key from raw bytes; any length but 32 is refused.
     pub fn from_slice(cipher: Cipher, key: &[u8]) -> Result<AeadKey, CryptoError> {
+        let size = || CryptoError::UnsupportedSize {
+            what: "key",
+            got: key.len(),
+        };
         if key.len() != KEY_LEN {
-            return Err(CryptoError::UnsupportedSize {
-                what: "key",
-                got: key.len(),
-            });
+            return Err(size());
         }
-        let unbound =
-            UnboundKey::new(cipher.algorithm(), key).map_err(|_| CryptoError::UnsupportedSize {
-                what: "key",
-                got: key.len(),
-            })?;
-        Ok(AeadKey {
-            cipher,
-            key: LessSafeKey::new(unbound),
-        })
+        let engine = match cipher {
+            Cipher::Aes256Gcm => Engine::Aes(Box::new(
+                Aes256Gcm::new_from_slice(key).map_err(|_| size())?,
+            )),
+            Cipher::ChaCha20Poly1305 => Engine::ChaCha(Box::new(
+                ChaCha20Poly1305::new_from_slice(key).map_err(|_| size())?,
+            )),
+        };
+        Ok(AeadKey { cipher, engine })
     }
 
     pub fn cipher(&self) -> Cipher {
@@ -190,9 +201,11 @@ impl AeadKey {
         let nonce = nonce_from(nonce)?;
         let mut buf = Vec::with_capacity(plaintext.len() + TAG_LEN);
         buf.extend_from_slice(plaintext);
-        self.key
-            .seal_in_place_append_tag(nonce, Aad::from(aad), &mut buf)
-            .map_err(|_| CryptoError::Authentication)?;
+        let tag = match &self.engine {
+            Engine::Aes(k) => seal_detached(k.as_ref(), nonce, aad, &mut buf)?,
+            Engine::ChaCha(k) => seal_detached(k.as_ref(), nonce, aad, &mut buf)?,
+        };
+        buf.extend_from_slice(&tag);
         Ok(buf)
     }
 
@@ -211,14 +224,7 @@ impl AeadKey {
     ) -> Result<Plaintext, CryptoError> {
         let nonce = nonce_from(nonce)?;
         let mut buf = Plaintext(sealed);
-        if buf.len() < TAG_LEN {
-            return Err(CryptoError::Authentication);
-        }
-        let len = self
-            .key
-            .open_in_place(nonce, Aad::from(aad), buf.0.as_mut_slice())
-            .map_err(|_| CryptoError::Authentication)?
-            .len();
+        let len = self.open_in_place(nonce, aad, buf.0.as_mut_slice())?;
         buf.0.truncate(len);
         Ok(buf)
     }
@@ -241,16 +247,68 @@ impl AeadKey {
             return Err(CryptoError::Authentication);
         }
         buf.copy_from_slice(wrapped);
-        let key = self
-            .key
-            .open_in_place(nonce, Aad::from(aad), buf.as_mut_slice())
+        let len = self.open_in_place(nonce, aad, buf.as_mut_slice())?;
+        Key32::from_slice(buf.get(..len).ok_or(CryptoError::Authentication)?)
+    }
+
+    /// Authenticates and decrypts `ciphertext ‖ tag` in `buf`; returns the plaintext length.
+    /// On failure the buffer still holds ciphertext: both crates check the tag first.
+    fn open_in_place(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        buf: &mut [u8],
+    ) -> Result<usize, CryptoError> {
+        let len = buf
+            .len()
+            .checked_sub(TAG_LEN)
+            .ok_or(CryptoError::Authentication)?;
+        let (ct, tag) = buf
+            .split_at_mut_checked(len)
+            .ok_or(CryptoError::Authentication)?;
+        let tag: [u8; TAG_LEN] = (&*tag)
+            .try_into()
             .map_err(|_| CryptoError::Authentication)?;
-        Key32::from_slice(key)
+        match &self.engine {
+            Engine::Aes(k) => open_detached(k.as_ref(), nonce, aad, ct, tag)?,
+            Engine::ChaCha(k) => open_detached(k.as_ref(), nonce, aad, ct, tag)?,
+        }
+        Ok(len)
     }
 }
 
-fn nonce_from(bytes: &[u8]) -> Result<Nonce, CryptoError> {
-    Nonce::try_assume_unique_for_key(bytes).map_err(|_| CryptoError::UnsupportedSize {
+/// One seal, generic over the two RustCrypto AEADs (same nonce and tag sizes).
+fn seal_detached<A>(
+    aead: &A,
+    nonce: &[u8; NONCE_LEN],
+    aad: &[u8],
+    buf: &mut [u8],
+) -> Result<[u8; TAG_LEN], CryptoError>
+where
+    A: AeadInOut + AeadCore<NonceSize = U12, TagSize = U16>,
+{
+    aead.encrypt_inout_detached(&Array::from(*nonce), aad, buf.into())
+        .map(Into::into)
+        .map_err(|_| CryptoError::Authentication)
+}
+
+/// One open, generic over the two RustCrypto AEADs.
+fn open_detached<A>(
+    aead: &A,
+    nonce: &[u8; NONCE_LEN],
+    aad: &[u8],
+    buf: &mut [u8],
+    tag: [u8; TAG_LEN],
+) -> Result<(), CryptoError>
+where
+    A: AeadInOut + AeadCore<NonceSize = U12, TagSize = U16>,
+{
+    aead.decrypt_inout_detached(&Array::from(*nonce), aad, buf.into(), &Array::from(tag))
+        .map_err(|_| CryptoError::Authentication)
+}
+
+fn nonce_from(bytes: &[u8]) -> Result<&[u8; NONCE_LEN], CryptoError> {
+    bytes.try_into().map_err(|_| CryptoError::UnsupportedSize {
         what: "nonce",
         got: bytes.len(),
     })
@@ -399,6 +457,15 @@ mod tests {
         assert_eq!(format!("{key:?}"), "Key32([REDACTED])");
         assert_eq!(key.fingerprint().len(), 16);
         Ok(())
+    }
+
+    /// The engines the DEK cache and the KEK cache keep must wipe their expanded keys when
+    /// dropped; without the crates' `zeroize` feature this does not compile.
+    #[test]
+    fn expanded_keys_are_wiped_on_drop() {
+        fn wiped_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+        wiped_on_drop::<Aes256Gcm>();
+        wiped_on_drop::<ChaCha20Poly1305>();
     }
 
     #[test]

@@ -535,6 +535,8 @@ fn auth(e: CryptoError) -> VaultError {
 }
 
 #[cfg(test)]
+mod fixture_tests;
+#[cfg(test)]
 mod root_race_tests;
 #[cfg(test)]
 mod tests;

@@ -9,6 +9,7 @@
 )]
 
 mod admin;
+mod aead_oracle;
 mod agents;
 mod browser;
 mod cli;
