@@ -24,6 +24,8 @@ pub enum Error {
     NotReady(String),
     #[error("not found")]
     NotFound,
+    #[error("the request took too long and was abandoned; retry later")]
+    RequestTimeout,
     #[error("sign in first")]
     Unauthorized,
     #[error("too many requests; retry after {0} s")]
@@ -197,6 +199,11 @@ impl Error {
             ),
             Error::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready", "Not ready"),
             Error::NotFound => (StatusCode::NOT_FOUND, "not_found", "Not found"),
+            Error::RequestTimeout => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "request_timeout",
+                "Request timed out",
+            ),
             Error::Forbidden => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
             Error::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request", "Bad request"),
             Error::AgentUnauthorized => (
@@ -304,6 +311,7 @@ impl IntoResponse for Error {
             Error::RateLimited(seconds) => Some(*seconds),
             Error::ProviderFailed(_) | Error::OAuth(OAuthError::ProviderFailed(_)) => Some(5),
             Error::RefreshBusy | Error::Stale => Some(1),
+            Error::RequestTimeout => Some(5),
             _ => None,
         };
         let mut resp = (status, Json(problem)).into_response();

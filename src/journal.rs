@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::audit::{self, Event};
 use crate::clock::Clock;
+use crate::metrics::Metrics;
 use crate::store::agents::{self as agent_rows, Basis};
 use crate::store::audit::{self as audit_rows, AtHead, EventRow};
 use crate::store::{Backend, Db};
@@ -83,8 +84,13 @@ impl std::fmt::Debug for Journal {
 impl Journal {
     /// Starts the writer on the current Tokio runtime.
     pub fn start(db: Db, clock: Arc<dyn Clock>) -> Journal {
+        Journal::start_with(db, clock, Arc::new(Metrics::new()))
+    }
+
+    /// As [`Journal::start`], counting each commit's size and latency in `metrics`.
+    pub fn start_with(db: Db, clock: Arc<dyn Clock>, metrics: Arc<Metrics>) -> Journal {
         let (queue, rx) = mpsc::channel(8 * MAX_BATCH);
-        tokio::spawn(writer(db, clock, rx));
+        tokio::spawn(writer(db, clock, metrics, rx));
         Journal { queue }
     }
 
@@ -124,7 +130,12 @@ impl Journal {
 /// Attempts at the one-statement append before taking the head's lock instead.
 const OPTIMISTIC_TRIES: usize = 3;
 
-async fn writer(db: Db, clock: Arc<dyn Clock>, mut rx: mpsc::Receiver<Pending>) {
+async fn writer(
+    db: Db,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    mut rx: mpsc::Receiver<Pending>,
+) {
     let mut pending = Vec::with_capacity(MAX_BATCH);
     // The chain's head as this writer last left it: on PostgreSQL the next batch is
     // appended in one statement on the condition that nobody has moved it since.
@@ -141,8 +152,10 @@ async fn writer(db: Db, clock: Arc<dyn Clock>, mut rx: mpsc::Receiver<Pending>) 
         // Each round either writes the batch, fails it, or takes out the events whose
         // basis no longer holds (so the loop ends).
         loop {
+            let started = std::time::Instant::now();
             match commit(&db, clock.unix(), &mut batch, &mut head).await {
                 Ok(Committed::Written(first)) => {
+                    metrics.audit_batch(batch.rows.len(), started.elapsed());
                     for (i, done) in (0i64..).zip(batch.callers.drain(..)) {
                         // The caller may have gone away; its event is committed regardless.
                         let _ = done.send(Ok(first + i));

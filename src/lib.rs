@@ -30,6 +30,7 @@ pub mod executor;
 pub mod http;
 pub mod journal;
 pub mod limits;
+pub mod metrics;
 pub mod oauth;
 pub mod oidc;
 pub mod outbound;

@@ -17,6 +17,7 @@ use crate::audit::{self, Actor, Event, Kind, Outcome};
 use crate::clock::{Clock, rfc3339};
 use crate::error::Error;
 use crate::journal::{Journal, Unrecorded};
+use crate::metrics::Metrics;
 use crate::oauth::OAuth;
 use crate::outbound::BodyError;
 use crate::policy::{Action, Policies};
@@ -79,6 +80,7 @@ pub struct Broker {
     /// Seconds a refresh lease lasts: the provider timeout and a margin.
     pub(super) lease_seconds: i64,
     journal: Journal,
+    pub(super) metrics: Arc<Metrics>,
     /// When this process last wrote each connection's last-use time (the row it has may
     /// have been read before that).
     touched: Mutex<HashMap<String, i64>>,
@@ -94,6 +96,7 @@ impl Broker {
         clock: Arc<dyn Clock>,
         provider_timeout: i64,
         journal: Journal,
+        metrics: Arc<Metrics>,
     ) -> Result<Broker, reqwest::Error> {
         // Redirects are followed only on the origin they start from, at most five.
         let policy = reqwest::redirect::Policy::custom(|attempt| {
@@ -122,6 +125,7 @@ impl Broker {
             http,
             lease_seconds: provider_timeout + 5,
             journal,
+            metrics,
             touched: Mutex::new(HashMap::new()),
             flights: Mutex::new(HashMap::new()),
         })
@@ -191,6 +195,7 @@ impl Broker {
     pub async fn audit_denial(
         &self,
         caller: &Caller,
+        action: &'static str,
         what: Value,
         policies: &[String],
     ) -> Result<(), Error> {
@@ -212,6 +217,7 @@ impl Broker {
         .detail(detail);
         audit::append(&mut tx, self.clock.unix_ms(), event).await?;
         tx.commit().await?;
+        self.metrics.policy_denied(action);
         Ok(())
     }
 
@@ -294,6 +300,7 @@ impl Broker {
             }
             self.audit_denial(
                 caller,
+                "fetch_credential",
                 json!({"action": "fetch_credential", "provider": provider, "scopes": scopes,
                     "errors": verdict.errors}),
                 &verdict.policies,
@@ -323,6 +330,7 @@ impl Broker {
         );
         let basis = caller.grounds.basis(&sealed);
         self.record_use(&sealed, event, Some(basis)).await?;
+        self.metrics.release(provider);
         let expires_at = sealed.expires_at().map(rfc3339);
         let body = self
             .exec
@@ -367,6 +375,7 @@ impl Broker {
         if !verdict.allowed {
             self.audit_denial(
                 caller,
+                "run_tool",
                 json!({"action": "run_tool", "tool": tool.name, "provider": tool.provider,
                     "scopes": tool.scopes, "errors": verdict.errors}),
                 &verdict.policies,
@@ -428,6 +437,12 @@ impl Broker {
             .record(event, None)
             .await
             .map_err(Error::NotRecorded)?;
+        let word = if failure.is_some() {
+            "failure"
+        } else {
+            "success"
+        };
+        self.metrics.tool_run(&tool.name, word);
         match (outcome, failure) {
             (Ok(out), None) => Ok(out),
             (_, Some(reason)) => Err(Error::ProviderFailed(reason)),

@@ -181,9 +181,11 @@ impl Broker {
                     .await?
                 {
                     drop(tx);
+                    self.metrics.refresh(current.provider(), "discarded");
                     return Err(self.discard(&current, &merged, actor).await?);
                 }
                 tx.commit().await?;
+                self.metrics.refresh(current.provider(), "success");
                 self.vault
                     .load_by_id(current.id())
                     .await?
@@ -205,6 +207,7 @@ impl Broker {
                     );
                 audit::append(&mut tx, self.clock.unix_ms(), event).await?;
                 tx.commit().await?;
+                self.metrics.refresh(current.provider(), "invalid_grant");
                 if still_ours {
                     Err(self.reauth(&current))
                 } else {
@@ -227,6 +230,7 @@ impl Broker {
                     .detail(detail);
                 audit::append(&mut tx, self.clock.unix_ms(), event).await?;
                 tx.commit().await?;
+                self.metrics.refresh(current.provider(), "failure");
                 Err(Error::ProviderFailed(reason))
             }
         }

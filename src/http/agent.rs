@@ -33,19 +33,6 @@ pub struct AgentRequest {
     client: std::net::IpAddr,
 }
 
-fn request_id(parts: &Parts) -> String {
-    parts
-        .headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| {
-            (1..=64).contains(&v.len())
-                && v.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
-        .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned)
-}
-
 impl FromRequestParts<AppState> for AgentRequest {
     type Rejection = Error;
 
@@ -66,7 +53,9 @@ impl FromRequestParts<AppState> for AgentRequest {
                     .then(|| AgentSecret::new(secret.trim().to_owned()))
             }),
             delegation: text(DELEGATION_HEADER).map(DelegationToken::new),
-            request_id: request_id(parts),
+            // The id the response carries (`x-request-id`), so the audit trail and the
+            // caller name the request alike.
+            request_id: super::observe::request_id_of(&parts.extensions),
             client: super::guard::client_address_of(app, parts),
         })
     }

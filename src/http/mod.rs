@@ -4,6 +4,7 @@ pub mod admin;
 pub mod agent;
 pub mod browser;
 pub mod guard;
+pub mod observe;
 pub mod openapi;
 mod ops;
 pub mod pages;
@@ -40,6 +41,10 @@ pub struct AppState {
     pub policies: Arc<crate::policy::Policies>,
     pub tools: Arc<std::collections::BTreeMap<String, crate::tools::Tool>>,
     pub broker: Arc<crate::executor::Broker>,
+    /// This app's own counters and histograms (`/metrics`); never a global recorder.
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// How long a request may take before it is abandoned (503 `request_timeout`).
+    pub request_timeout: std::time::Duration,
     /// The Content-Security-Policy, computed once from the configured providers.
     csp: HeaderValue,
 }
@@ -54,6 +59,7 @@ impl AppState {
         clock: Arc<dyn Clock>,
     ) -> Result<AppState, crate::config::ConfigError> {
         let providers = crate::providers::resolve(&config)?;
+        let config_provider_timeout = config.provider_timeout;
         let csp = content_security_policy(providers.values().filter(|p| p.configured));
         let mut secrets = std::collections::BTreeMap::new();
         for (name, p) in &config.providers {
@@ -97,13 +103,19 @@ impl AppState {
                 });
             }
         }
+        let metrics = Arc::new(crate::metrics::Metrics::new());
         let broker = crate::executor::Broker::new(
             Arc::clone(&vault),
             Arc::clone(&oauth),
             db.clone(),
             Arc::clone(&clock),
             config.provider_timeout,
-            crate::journal::Journal::start(db.clone(), Arc::clone(&clock)),
+            crate::journal::Journal::start_with(
+                db.clone(),
+                Arc::clone(&clock),
+                Arc::clone(&metrics),
+            ),
+            Arc::clone(&metrics),
         )
         .map_err(|e| {
             crate::config::ConfigError::Parse(format!("cannot build the HTTP client: {e}"))
@@ -124,6 +136,8 @@ impl AppState {
             oauth,
             limits,
             clock,
+            request_timeout: request_timeout(config_provider_timeout),
+            metrics,
             csp,
         })
     }
@@ -142,7 +156,7 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             guard::rate_limit,
         ));
-    Router::new()
+    let router = Router::new()
         .route("/", get(pages::home))
         .route("/static/app.css", get(pages::stylesheet))
         .route("/connections/{id}/disconnect", post(pages::disconnect_form))
@@ -169,15 +183,25 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/tools", get(agent::list_tools))
         .route("/v1/tools/{tool}/run", post(agent::run_tool))
         .route("/v1/credentials/{provider}", post(agent::release))
-        .fallback(|| async { Error::NotFound })
+        .fallback(|| async { Error::NotFound });
+    // The timeout is innermost, so its answer is dressed like every other error; the
+    // request id and access log outermost, so every answer has them.
+    let router = observe::with_timeout(router, state.request_timeout)
         .layer(axum::extract::DefaultBodyLimit::max(guard::MAX_BODY))
         .layer(middleware::from_fn(pages::friendly_errors))
         .layer(middleware::from_fn(guard::limit_query))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             security_headers,
-        ))
-        .with_state(state)
+        ));
+    observe::observed(router, Arc::clone(&state.metrics)).with_state(state)
+}
+
+/// How long an inbound request may take: longer than a provider call and a refresh
+/// (each at most `provider_timeout` seconds), and at least 30 s.
+fn request_timeout(provider_timeout: i64) -> std::time::Duration {
+    let seconds = provider_timeout.saturating_mul(2).saturating_add(5).max(30);
+    std::time::Duration::from_secs(seconds.unsigned_abs())
 }
 
 /// No scripts, no frames, styles and images from us only. `form-action` also names the

@@ -1,4 +1,5 @@
-//! Operations routes: `/healthz`, `/readyz`, `/metrics` (Prometheus text).
+//! Operations routes: `/healthz`, `/readyz`, `/metrics` (Prometheus text: this app's
+//! recorder, then the KEK gauges read from the vault).
 
 use std::fmt::Write;
 
@@ -29,11 +30,15 @@ pub async fn readyz(State(app): State<AppState>) -> Result<Json<Value>, Error> {
     Ok(Json(json!({ "status": "ready", "primary_kek": primary })))
 }
 
-/// `GET /metrics` — key age, records and wraps per KEK version.
+/// `GET /metrics` — requests, releases, tool runs, refreshes, denials, rate-limit hits and
+/// audit commits; then key age, records and wraps per KEK version.
 pub async fn metrics(State(app): State<AppState>) -> Result<impl IntoResponse, Error> {
     let status = app.vault.status().await?;
     let now = app.clock.unix();
-    let mut out = String::with_capacity(1024);
+    let mut out = app.metrics.render();
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
     let _ = writeln!(
         out,
         "# HELP strongbox_kek_age_seconds Age of each KEK version."

@@ -5,6 +5,7 @@
 //! Each ends by checking the audit trail.
 
 mod disconnect;
+mod observe;
 mod refresh;
 mod release;
 mod tools;
