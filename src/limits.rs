@@ -27,7 +27,7 @@ use std::hash::Hash;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use governor::clock::Reference;
@@ -134,9 +134,9 @@ pub struct Limiters {
     agent: Option<Keyed<String>>,
     failures: Option<Keyed<IpAddr>>,
     /// Addresses whose failed authentications ran out, with when they may try again.
-    blocked: Mutex<HashMap<IpAddr, Instant>>,
+    blocked: RwLock<HashMap<IpAddr, Instant>>,
     /// Ids of agents that have authenticated on this instance.
-    known_agents: Mutex<std::collections::HashSet<String>>,
+    known_agents: RwLock<std::collections::HashSet<String>>,
     clock: LimitClock,
     trusted_proxies: Vec<IpNet>,
     forwarded_header: ForwardedHeader,
@@ -171,8 +171,8 @@ impl Limiters {
                 &clock,
             ),
             failures: Keyed::new(limits.signin_per_second, limits.signin_burst, &clock),
-            blocked: Mutex::new(HashMap::new()),
-            known_agents: Mutex::new(std::collections::HashSet::new()),
+            blocked: RwLock::new(HashMap::new()),
+            known_agents: RwLock::new(std::collections::HashSet::new()),
             clock,
             trusted_proxies: limits.trusted_proxies.clone(),
             forwarded_header: limits.forwarded_header,
@@ -208,48 +208,62 @@ impl Limiters {
     pub fn before_authentication(&self, client: IpAddr, claimed: Option<&str>) -> Result<(), Wait> {
         use governor::clock::Clock as _;
         let client = subscriber(client);
-        let Ok(mut blocked) = self.blocked.lock() else {
-            return Ok(());
-        };
-        let Some(until) = blocked.get(&client).copied() else {
+        // Every agent request passes here: a read lock, and no write unless a block ended.
+        let Some(until) = self
+            .blocked
+            .read()
+            .ok()
+            .and_then(|b| b.get(&client).copied())
+        else {
             return Ok(());
         };
         let now = self.clock.now();
+        if now >= until {
+            if let Ok(mut blocked) = self.blocked.write() {
+                blocked.remove(&client);
+            }
+            return Ok(());
+        }
         let known = claimed.is_some_and(|id| {
             self.known_agents
-                .lock()
+                .read()
                 .is_ok_and(|known| known.contains(id))
         });
-        if now < until && !known {
-            return Err(Wait(whole_seconds(Duration::from_nanos(
-                until.duration_since(now).as_u64(),
-            ))));
+        if known {
+            // The address stays blocked for everyone else.
+            return Ok(());
         }
-        blocked.remove(&client);
-        Ok(())
+        Err(Wait(whole_seconds(Duration::from_nanos(
+            until.duration_since(now).as_u64(),
+        ))))
     }
 
     /// Agent `id` has authenticated: it is let through to authentication from an address
     /// that is refused for others' failures (see [`Limiters::before_authentication`]).
     pub fn agent_authenticated(&self, id: &str) {
-        if let Ok(mut known) = self.known_agents.lock()
-            && known.len() < MAX_KNOWN_AGENTS
-            && !known.contains(id)
+        // Called on every authenticated request: written once per agent.
+        if self
+            .known_agents
+            .read()
+            .is_ok_and(|known| known.contains(id) || known.len() >= MAX_KNOWN_AGENTS)
         {
+            return;
+        }
+        if let Ok(mut known) = self.known_agents.write() {
             known.insert(id.to_owned());
         }
     }
 
-    /// A request from `client` failed authentication (no agent has its secret, or its
-    /// delegation was refused). Once the address's budget is spent it is refused before
-    /// authentication until the budget refills.
+    /// A request from `client` failed authentication (no or an unknown agent secret).
+    /// Once the address's budget is spent it is refused before authentication until the
+    /// budget refills.
     pub fn authentication_failed(&self, client: IpAddr) {
         use governor::clock::Clock as _;
         let Some(l) = &self.failures else { return };
         let client = subscriber(client);
         if let Err(Wait(seconds)) = l.take(&client) {
             let until = self.clock.now() + Nanos::from(Duration::from_secs(seconds));
-            if let Ok(mut blocked) = self.blocked.lock() {
+            if let Ok(mut blocked) = self.blocked.write() {
                 if blocked.len() >= MAX_TRACKED {
                     let now = self.clock.now();
                     blocked.retain(|_, u| *u > now);
@@ -540,6 +554,10 @@ mod tests {
         assert!(l.before_authentication(shared, Some("ffff0000")).is_err());
         l.before_authentication(shared, Some("0123abcd"))
             .expect("a known agent goes on to authentication");
+        assert!(
+            l.before_authentication(shared, None).is_err(),
+            "the known agent's request does not lift the block for the others"
+        );
     }
 
     #[test]
