@@ -75,17 +75,16 @@ async fn drop_malformed_id(mut req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
-fn route_of(req: &Request) -> String {
+fn route_of(req: &Request) -> &str {
     req.extensions()
         .get::<MatchedPath>()
         .map_or(UNMATCHED, MatchedPath::as_str)
-        .to_owned()
 }
 
 /// Counts the request by method, route template and status, with its latency.
 async fn record(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
     let method = req.method().clone();
-    let route = route_of(&req);
+    let route = route_of(&req).to_owned();
     let start = Instant::now();
     let resp = next.run(req).await;
     metrics.request(
