@@ -1,20 +1,14 @@
-//! `GET /openapi.json`: every route of SPEC §5 with its method, parameters, request and
-//! response schemas and error codes. The document is written here as data and parsed into
-//! `utoipa`'s OpenAPI 3.1 model once, at first use, so a malformed entry fails the test
-//! suite (`openapi_matches_the_router`), which also checks it against the router's routes.
+//! Every route of the service as data: method, path, summary, who may call it, the
+//! request and response schemas, and the error codes it answers.
 
-use std::sync::OnceLock;
-
-use axum::Json;
-use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 /// Problem document (RFC 9457).
-fn problem() -> Value {
+pub(super) fn problem() -> Value {
     json!({"$ref": "#/components/schemas/Problem"})
 }
 
-fn obj(props: Value, required: &[&str]) -> Value {
+pub(super) fn obj(props: Value, required: &[&str]) -> Value {
     json!({"type": "object", "properties": props, "required": required})
 }
 
@@ -23,14 +17,14 @@ fn strings() -> Value {
 }
 
 /// One operation: summary, who may call it, body schema, success response, error codes.
-struct Op {
-    method: &'static str,
-    path: &'static str,
-    summary: &'static str,
-    auth: &'static [&'static str],
-    body: Option<Value>,
-    ok: (u16, &'static str, Option<Value>),
-    errors: &'static [(u16, &'static str)],
+pub(super) struct Op {
+    pub(super) method: &'static str,
+    pub(super) path: &'static str,
+    pub(super) summary: &'static str,
+    pub(super) auth: &'static [&'static str],
+    pub(super) body: Option<Value>,
+    pub(super) ok: (u16, &'static str, Option<Value>),
+    pub(super) errors: &'static [(u16, &'static str)],
 }
 
 const COOKIE: &[&str] = &["session"];
@@ -38,7 +32,7 @@ const COOKIE_CSRF: &[&str] = &["session", "csrf"];
 const AGENT: &[&str] = &["agent", "delegation"];
 const PUBLIC: &[&str] = &[];
 
-fn ops() -> Vec<Op> {
+pub(super) fn ops() -> Vec<Op> {
     let connection = obj(
         json!({"id": {"type": "string"}, "provider": {"type": "string"}, "scopes": strings(),
             "status": {"type": "string", "enum": ["active", "revoke_pending", "reauth_required"]},
@@ -508,199 +502,4 @@ fn ops() -> Vec<Op> {
             errors: &[],
         },
     ]
-}
-
-fn operation(op: &Op) -> Value {
-    let mut responses = serde_json::Map::new();
-    let mut ok = json!({"description": op.ok.1});
-    if let (Some(schema), Some(m)) = (&op.ok.2, ok.as_object_mut()) {
-        m.insert(
-            "content".into(),
-            json!({"application/json": {"schema": schema}}),
-        );
-    }
-
-    responses.insert(op.ok.0.to_string(), ok);
-    for (status, _) in op.errors {
-        let codes: Vec<&str> = op
-            .errors
-            .iter()
-            .filter(|(s, _)| s == status)
-            .map(|(_, c)| *c)
-            .collect();
-        responses.insert(
-            status.to_string(),
-            json!({"description": format!("code: {}", codes.join(", ")),
-                "content": {"application/problem+json": {"schema": problem()}}}),
-        );
-    }
-    let params: Vec<Value> = op
-        .path
-        .split('/')
-        .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-        .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
-        .collect();
-    let security: Vec<Value> = if op.auth.is_empty() {
-        Vec::new()
-    } else {
-        let mut req = serde_json::Map::new();
-        for a in op.auth {
-            req.insert((*a).to_owned(), json!([]));
-        }
-        vec![Value::Object(req)]
-    };
-    let mut o = json!({"summary": op.summary, "responses": responses, "parameters": params, "security": security});
-    if let Some(body) = &op.body {
-        let media = if ["/connections/", "/sessions/", "/connect/"]
-            .iter()
-            .any(|p| op.path.starts_with(p))
-        {
-            "application/x-www-form-urlencoded"
-        } else {
-            "application/json"
-        };
-        let schema = if body.get("type").is_some() {
-            body.clone()
-        } else {
-            json!({"type": "object", "properties": body})
-        };
-        if let Some(m) = o.as_object_mut() {
-            m.insert(
-                "requestBody".into(),
-                json!({"content": {media: {"schema": schema}}}),
-            );
-        }
-    }
-    o
-}
-
-/// The document as JSON.
-pub fn document() -> Value {
-    let mut paths = serde_json::Map::new();
-    for op in ops() {
-        let item = paths.entry(op.path.to_owned()).or_insert_with(|| json!({}));
-        if let Some(m) = item.as_object_mut() {
-            m.insert(op.method.to_owned(), operation(&op));
-        }
-    }
-    json!({
-        "openapi": "3.1.0",
-        "info": {"title": "Strongbox", "version": env!("CARGO_PKG_VERSION"),
-            "description": "Credential vault and OAuth broker for AI agents."},
-        "paths": paths,
-        "components": {
-            "schemas": {"Problem": obj(json!({"type": {"type": "string"}, "title": {"type": "string"},
-                "status": {"type": "integer"}, "detail": {"type": "string"}, "code": {"type": "string"},
-                "url": {"type": "string", "description": "where the user can fix it (reauth_required, not_connected, insufficient_scope)"}}),
-                &["type", "title", "status", "detail", "code"])},
-            "securitySchemes": {
-                "session": {"type": "apiKey", "in": "cookie", "name": "__Host-strongbox", "description": "`strongbox` on plain-http development"},
-                "csrf": {"type": "apiKey", "in": "header", "name": "X-CSRF-Token", "description": "or the csrf_token form field; plus a same-origin Origin or Sec-Fetch-Site"},
-                "agent": {"type": "http", "scheme": "bearer", "description": "the agent secret from `strongbox agents add`"},
-                "delegation": {"type": "apiKey", "in": "header", "name": "Strongbox-Delegation"},
-            },
-        },
-    })
-}
-
-/// The document parsed into utoipa's model (and back), once.
-pub fn parsed() -> Result<&'static utoipa::openapi::OpenApi, String> {
-    static DOC: OnceLock<Result<utoipa::openapi::OpenApi, String>> = OnceLock::new();
-    DOC.get_or_init(|| serde_json::from_value(document()).map_err(|e| e.to_string()))
-        .as_ref()
-        .map_err(Clone::clone)
-}
-
-/// `GET /openapi.json`.
-pub async fn openapi() -> Response {
-    match parsed() {
-        Ok(doc) => Json(doc).into_response(),
-        Err(e) => {
-            tracing::error!(error = %e, "the OpenAPI document does not parse");
-            crate::error::Error::NotReady("openapi".into()).into_response()
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::BTreeSet;
-
-    use super::*;
-
-    /// Every `.route(path, method(...))` in the router source, as (METHOD, path).
-    fn router_routes() -> BTreeSet<(String, String)> {
-        let src = include_str!("mod.rs");
-        let mut out = BTreeSet::new();
-        for chunk in src.split(".route(").skip(1) {
-            let Some(rest) = chunk.trim_start().strip_prefix('"') else {
-                continue;
-            };
-            let Some((path, rest)) = rest.split_once('"') else {
-                continue;
-            };
-            let call = rest.split(")\n").next().unwrap_or_default();
-            for m in ["get", "post", "delete", "put", "patch"] {
-                if call.contains(&format!(" {m}(")) || call.contains(&format!(".{m}(")) {
-                    out.insert((m.to_owned(), path.to_owned()));
-                }
-            }
-        }
-        out
-    }
-
-    #[test]
-    fn openapi_matches_the_router() {
-        let doc = serde_json::to_value(parsed().unwrap()).unwrap();
-        assert_eq!(doc["openapi"], "3.1.0");
-        let mut documented = BTreeSet::new();
-        for (path, item) in doc["paths"].as_object().unwrap() {
-            for (method, op) in item.as_object().unwrap() {
-                assert!(
-                    op["responses"].as_object().is_some_and(|r| !r.is_empty()),
-                    "{method} {path}"
-                );
-                documented.insert((method.clone(), path.clone()));
-            }
-        }
-        let routed = router_routes();
-        assert!(routed.len() >= 25, "the router scan found {routed:?}");
-        assert_eq!(
-            routed, documented,
-            "routes and /openapi.json differ: document every route (src/http/openapi.rs)"
-        );
-    }
-
-    #[test]
-    fn agent_routes_list_their_error_codes() {
-        let doc = document();
-        let run = &doc["paths"]["/v1/tools/{tool}/run"]["post"]["responses"];
-        for (status, code) in [
-            ("401", "delegation_expired"),
-            ("403", "policy_denied"),
-            ("409", "reauth_required"),
-            ("422", "invalid_argument"),
-            ("429", "rate_limited"),
-        ] {
-            assert!(
-                run[status]["description"].as_str().unwrap().contains(code),
-                "{status} {code}"
-            );
-        }
-        let release = &doc["paths"]["/v1/credentials/{provider}"]["post"]["responses"];
-        for (status, code) in [
-            ("409", "reauth_required"),
-            ("503", "provider_unavailable"),
-            ("503", "credential_changed"),
-            ("503", "database_unavailable"),
-        ] {
-            assert!(
-                release[status]["description"]
-                    .as_str()
-                    .unwrap()
-                    .contains(code),
-                "{status} {code}"
-            );
-        }
-    }
 }
