@@ -41,6 +41,9 @@ pub const MAX_TTL: i64 = 60 * 60;
 
 const AGENT_PREFIX: &str = "sbx_agent_";
 const DELEGATION_PREFIX: &str = "sbx_dlg_";
+/// OAuth access tokens (SPEC §11): `sbx_at_<agent id>_<random>`, so that, like an agent
+/// secret, the token names the row it is checked against.
+pub const ACCESS_PREFIX: &str = "sbx_at_";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -82,6 +85,10 @@ pub struct Delegation {
     pub tools: Vec<String>,
     pub providers: Vec<String>,
     pub expires_at: i64,
+    /// The grant an access token was issued under.
+    pub grant_id: Option<String>,
+    /// The resource an access token is for (RFC 8707), if it was issued for one.
+    pub resource: Option<String>,
 }
 
 /// The outcome of checking an agent request's credentials (see [`Agents::resolve`]).
@@ -159,12 +166,27 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
 }
 
-/// The agent id inside a well-formed agent secret.
+/// The agent id inside a well-formed agent secret or access token.
 pub fn agent_id(bearer: &str) -> Option<&str> {
     let (id, _) = bearer
         .strip_prefix(AGENT_PREFIX)
+        .or_else(|| bearer.strip_prefix(ACCESS_PREFIX))
         .and_then(|rest| rest.split_once('_'))?;
     (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
+}
+
+/// Whether `bearer` has the form of an access token (rather than an agent secret).
+pub fn is_access_token(bearer: &str) -> bool {
+    bearer.starts_with(ACCESS_PREFIX)
+}
+
+/// What a new agent is registered with, besides its name.
+#[derive(Debug, Clone, Default)]
+pub struct Registration {
+    /// Exact redirect URIs for the authorization code flow.
+    pub redirect_uris: Vec<String>,
+    /// A JSON Web Key Set: the agent authenticates with `private_key_jwt` and has no secret.
+    pub jwks: Option<String>,
 }
 
 /// A delegation token as its holder receives it (what `POST /api/delegations` answers).
@@ -200,12 +222,14 @@ impl Agents {
         }
     }
 
-    /// Registers `name`; returns the agent and its secret, which is not stored anywhere.
+    /// Registers `name`; returns the agent and its secret, which is not stored anywhere
+    /// (`None` for an agent that authenticates with `private_key_jwt`).
     pub async fn add(
         &self,
         name: &str,
+        registration: &Registration,
         actor: Actor,
-    ) -> Result<(AgentRow, AgentSecret), AgentError> {
+    ) -> Result<(AgentRow, Option<AgentSecret>), AgentError> {
         if !valid_name(name) {
             return Err(AgentError::BadName);
         }
@@ -214,15 +238,41 @@ impl Agents {
             name: name.to_owned(),
             created_at: self.clock.unix(),
         };
-        let random = random_text(32)?;
-        let secret = AgentSecret::new(format!("{AGENT_PREFIX}{}_{}", row.id, random.as_str()));
-        let hash = sha256(&[secret.reveal().as_bytes()]);
+        let secret = match registration.jwks {
+            Some(_) => None,
+            None => {
+                let random = random_text(32)?;
+                Some(AgentSecret::new(format!(
+                    "{AGENT_PREFIX}{}_{}",
+                    row.id,
+                    random.as_str()
+                )))
+            }
+        };
+        let client = crate::store::grants::ClientRow {
+            id: row.id.clone(),
+            name: row.name.clone(),
+            kind: "registered".into(),
+            // No digest at all when no secret authenticates the agent.
+            secret_hash: secret
+                .as_ref()
+                .map(|s| sha256(&[s.reveal().as_bytes()]).to_vec())
+                .unwrap_or_default(),
+            redirect_uris: serde_json::to_string(&registration.redirect_uris)
+                .unwrap_or_else(|_| "[]".into()),
+            jwks: registration.jwks.clone(),
+            display_name: None,
+            fetched_at: None,
+            created_at: row.created_at,
+        };
         let mut tx = self.db.begin().await?;
-        if !rows::insert_agent(&mut tx, &row, &hash).await? {
+        if !crate::store::grants::insert_client(&mut tx, &client).await? {
             return Err(AgentError::Exists(name.to_owned()));
         }
-        let event = Event::new(Kind::AgentAdded, actor, format!("agent:{name}"))
-            .detail(json!({ "agent": name, "id": row.id }));
+        let event = Event::new(Kind::AgentAdded, actor, format!("agent:{name}")).detail(json!({
+            "agent": name, "id": row.id, "redirect_uris": registration.redirect_uris,
+            "authentication": if registration.jwks.is_some() { "private_key_jwt" } else { "secret" },
+        }));
         audit::append(&mut tx, self.clock.unix_ms(), event).await?;
         tx.commit().await?;
         Ok((row, secret))
@@ -264,6 +314,9 @@ impl Agents {
         let Some(id) = agent_id(bearer) else {
             return Ok(Resolution::Unauthenticated);
         };
+        // An access token stands alone: it is both the credential and the delegation.
+        let access = is_access_token(bearer) && token.is_empty();
+        let token = if access { bearer } else { token };
         let hash = sha256(&[token.as_bytes()]);
         // Requests are read together, so no request may carry a value that fails the
         // statement for all of them: text with NUL cannot be bound on PostgreSQL, and no
@@ -282,7 +335,7 @@ impl Agents {
                     .map(|(_, rows)| rows.clone())
             });
             if let Some(rows) = kept {
-                let resolution = self.decide(bearer, token, &hash, rows, true);
+                let resolution = self.decide(bearer, token, &hash, rows, true, access);
                 // Only an acceptance is taken from kept rows; anything else is read again.
                 if matches!(resolution, Resolution::Accepted { .. }) {
                     self.reuses
@@ -296,7 +349,7 @@ impl Agents {
             self.forget(&key);
             return Ok(Resolution::Unauthenticated);
         };
-        let resolution = self.decide(bearer, token, &hash, rows.clone(), false);
+        let resolution = self.decide(bearer, token, &hash, rows.clone(), false, access);
         match &resolution {
             Resolution::Accepted {
                 connection: Some(c),
@@ -325,7 +378,9 @@ impl Agents {
         }
     }
 
-    /// Checks a request's secret and delegation against its rows.
+    /// Checks a request's secret and delegation against its rows. An access token
+    /// (`access`) was found by its digest, so it authenticates itself: it only has to
+    /// belong to the agent it names.
     fn decide(
         &self,
         bearer: &str,
@@ -333,14 +388,33 @@ impl Agents {
         token_hash: &[u8],
         rows: RequestRows,
         reused: bool,
+        access: bool,
     ) -> Resolution {
-        let presented = sha256(&[bearer.as_bytes()]);
-        if !constant_time_eq(&presented, &rows.secret_hash) {
-            return Resolution::Unauthenticated;
+        if access {
+            let issued = rows
+                .delegation
+                .as_ref()
+                .is_some_and(|d| d.agent_id == rows.agent.id && d.grant_id.is_some());
+            if !issued || token.len() > 128 {
+                return Resolution::Unauthenticated;
+            }
+        } else {
+            let presented = sha256(&[bearer.as_bytes()]);
+            if !constant_time_eq(&presented, &rows.secret_hash) {
+                return Resolution::Unauthenticated;
+            }
         }
-        let well_formed = token.starts_with(DELEGATION_PREFIX) && token.len() <= 128;
+        let prefix = if access {
+            ACCESS_PREFIX
+        } else {
+            DELEGATION_PREFIX
+        };
+        let well_formed = token.starts_with(prefix) && token.len() <= 128;
         let checked = match rows.delegation {
-            Some(d) if well_formed => self.check(&rows.agent, d),
+            // A delegation is presented with the agent's secret, an access token alone.
+            Some(d) if well_formed && d.grant_id.is_some() == access => {
+                self.check(&rows.agent, d)
+            }
             _ => Err(DelegationRefused::Invalid),
         };
         match checked {
@@ -373,6 +447,8 @@ impl Agents {
             tools: list(&row.tools),
             providers: list(&row.providers),
             expires_at: row.expires_at,
+            grant_id: row.grant_id,
+            resource: row.resource,
         })
     }
 
@@ -397,6 +473,8 @@ impl Agents {
             providers: serde_json::to_string(&grant.providers).unwrap_or_else(|_| "[]".into()),
             created_at: now,
             expires_at: now + grant.ttl,
+            grant_id: None,
+            resource: None,
         };
         rows::insert_delegation(conn, &hash, &row).await?;
         let event = Event::new(
@@ -410,6 +488,40 @@ impl Agents {
         }));
         audit::append(conn, self.clock.unix_ms(), event).await?;
         Ok((token, row.expires_at))
+    }
+
+    /// Issues an access token under `grant_id` inside the caller's transaction (the
+    /// caller records the issue): a delegation row found by the token's digest.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn issue_access(
+        &self,
+        conn: &mut Conn,
+        agent_id: &str,
+        user_id: &str,
+        tools: &[String],
+        providers: &[String],
+        expires_at: i64,
+        grant_id: &str,
+        resource: Option<&str>,
+    ) -> Result<(crate::secret::GrantAccessToken, String), AgentError> {
+        let random = random_text(32)?;
+        let token = crate::secret::GrantAccessToken::new(format!(
+            "{ACCESS_PREFIX}{agent_id}_{}",
+            random.as_str()
+        ));
+        let row = DelegationRow {
+            handle: uuid::Uuid::now_v7().to_string(),
+            agent_id: agent_id.to_owned(),
+            user_id: user_id.to_owned(),
+            tools: serde_json::to_string(tools).unwrap_or_else(|_| "[]".into()),
+            providers: serde_json::to_string(providers).unwrap_or_else(|_| "[]".into()),
+            created_at: self.clock.unix(),
+            expires_at,
+            grant_id: Some(grant_id.to_owned()),
+            resource: resource.map(str::to_owned),
+        };
+        rows::insert_delegation(conn, &sha256(&[token.reveal().as_bytes()]), &row).await?;
+        Ok((token, row.handle))
     }
 
     /// Revokes every delegation a user issued, inside the caller's transaction.
@@ -464,8 +576,10 @@ mod tests {
             vault.init(Actor::Cli).await.unwrap();
             let clock: Arc<dyn Clock> = Arc::new(clock);
             let agents = Arc::new(Agents::new(t.db.clone(), Arc::clone(&clock)));
-            let (a, a_secret) = agents.add("a", Actor::Cli).await.unwrap();
-            let (b, b_secret) = agents.add("b", Actor::Cli).await.unwrap();
+            let (a, a_secret) = agents.add("a", &Registration::default(), Actor::Cli).await.unwrap();
+            let a_secret = a_secret.unwrap();
+            let (b, b_secret) = agents.add("b", &Registration::default(), Actor::Cli).await.unwrap();
+            let b_secret = b_secret.unwrap();
             // Users u0..u5; each has a connection to p0, the even ones to p1 as well.
             // u0..u3 delegate to a, u4 and u5 to b; u3's delegation has expired.
             let mut tokens = Vec::new();

@@ -84,6 +84,18 @@ pub enum Kind {
     ToolRun,
     PolicyDenied,
     UserRevoked,
+    /// An OAuth client registered itself (RFC 7591) or was named by its metadata document.
+    ClientRegistered,
+    GrantApproved,
+    GrantDenied,
+    GrantRevoked,
+    /// Access and refresh tokens issued under a grant (code exchange or refresh).
+    TokensIssued,
+    /// An access token revoked on its own (RFC 7009).
+    TokenRevoked,
+    /// A spent authorization code or a rotated refresh token presented again: the grant
+    /// is revoked.
+    ReplayDetected,
 }
 
 impl Kind {
@@ -111,6 +123,13 @@ impl Kind {
             Kind::ToolRun => "tool.run",
             Kind::PolicyDenied => "policy.denied",
             Kind::UserRevoked => "user.revoked",
+            Kind::ClientRegistered => "client.registered",
+            Kind::GrantApproved => "grant.approved",
+            Kind::GrantDenied => "grant.denied",
+            Kind::GrantRevoked => "grant.revoked",
+            Kind::TokensIssued => "grant.tokens_issued",
+            Kind::TokenRevoked => "grant.token_revoked",
+            Kind::ReplayDetected => "grant.replay_detected",
         }
     }
 }

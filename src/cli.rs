@@ -53,8 +53,18 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum AgentsCommand {
-    /// Register an agent; its secret is printed once, alone on the last line.
-    Add { name: String },
+    /// Register an agent; its secret is printed once, alone on the last line. With
+    /// `--jwks-file` it authenticates with `private_key_jwt` and has no secret.
+    Add {
+        name: String,
+        /// A redirect URI for the authorization code flow (repeatable; https, or plain
+        /// http to a loopback address).
+        #[arg(long = "redirect-uri", value_name = "URI")]
+        redirect_uris: Vec<String>,
+        /// A JSON Web Key Set with the agent's public keys (ES256 / EdDSA).
+        #[arg(long, value_name = "FILE")]
+        jwks_file: Option<std::path::PathBuf>,
+    },
     /// The registered agents.
     List,
     /// Remove an agent and every delegation to it.
@@ -175,15 +185,29 @@ async fn agents(cmd: AgentsCommand, config: &Config) -> CliResult {
     let db = open_db(config).await?;
     let agents = crate::agents::Agents::new(db, Arc::new(SystemClock));
     match cmd {
-        AgentsCommand::Add { name } => {
-            let (agent, secret) = agents.add(&name, Actor::Cli).await?;
+        AgentsCommand::Add {
+            name,
+            redirect_uris,
+            jwks_file,
+        } => {
+            let registration = registration(redirect_uris, jwks_file.as_deref())?;
+            let (agent, secret) = agents.add(&name, &registration, Actor::Cli).await?;
             let mut out = std::io::stdout().lock();
-            writeln!(
-                out,
-                "registered agent {} (id {}); its secret follows and is not shown again",
-                agent.name, agent.id
-            )?;
-            writeln!(out, "{}", secret.reveal())?;
+            match secret {
+                Some(secret) => {
+                    writeln!(
+                        out,
+                        "registered agent {} (id {}); its secret follows and is not shown again",
+                        agent.name, agent.id
+                    )?;
+                    writeln!(out, "{}", secret.reveal())?;
+                }
+                None => writeln!(
+                    out,
+                    "registered agent {} (id {}); it authenticates with private_key_jwt",
+                    agent.name, agent.id
+                )?,
+            }
             Ok(ExitCode::SUCCESS)
         }
         AgentsCommand::List => {
@@ -208,6 +232,36 @@ async fn agents(cmd: AgentsCommand, config: &Config) -> CliResult {
             say(format_args!("removed agent {name} and its delegations"))
         }
     }
+}
+
+/// What `agents add` registers besides the name, checked.
+fn registration(
+    redirect_uris: Vec<String>,
+    jwks_file: Option<&std::path::Path>,
+) -> Result<crate::agents::Registration, CliError> {
+    if let Some(bad) = redirect_uris
+        .iter()
+        .find(|r| !crate::grants::valid_redirect_uri(r))
+    {
+        return Err(CliError(format!(
+            "--redirect-uri {bad:?}: an absolute https URL (plain http only to a loopback address), no fragment"
+        )));
+    }
+    let jwks = match jwks_file {
+        None => None,
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                CliError(format!("--jwks-file {}: {e}", path.display()))
+            })?;
+            crate::grants::check_jwks(&text)
+                .map_err(|e| CliError(format!("--jwks-file {}: {e}", path.display())))?;
+            Some(text)
+        }
+    };
+    Ok(crate::agents::Registration {
+        redirect_uris,
+        jwks,
+    })
 }
 
 async fn keys(cmd: KeysCommand, config: &Config) -> CliResult {

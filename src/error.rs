@@ -10,6 +10,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::grants::GrantError;
 use crate::oauth::OAuthError;
 use crate::vault::VaultError;
 
@@ -85,6 +86,11 @@ pub enum Error {
     Stale,
     #[error("this needs the admin role")]
     Forbidden,
+    #[error(transparent)]
+    Grant(#[from] crate::grants::GrantError),
+    /// An access token that is unknown, revoked, expired or for another resource.
+    #[error("the access token {0}")]
+    InvalidToken(&'static str),
 }
 
 /// An RFC 9457 problem document.
@@ -118,6 +124,9 @@ impl Error {
                 | OAuthError::Session(crate::sessions::SessionError::Database(e)),
             ) => is_unavailable(e),
             Error::Agents(crate::agents::AgentError::Lookup { unavailable, .. }) => *unavailable,
+            Error::Grant(
+                GrantError::Database(e) | GrantError::Agents(crate::agents::AgentError::Database(e)),
+            ) => is_unavailable(e),
             Error::NotRecorded(e) => e.unavailable,
             _ => false,
         }
@@ -269,6 +278,40 @@ impl Error {
                 "credential_changed",
                 "The credential changed",
             ),
+            Error::InvalidToken(_) => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_token",
+                "Invalid access token",
+            ),
+            Error::Grant(e) => match e {
+                GrantError::Database(_)
+                | GrantError::Agents(_)
+                | GrantError::Crypto(_)
+                | GrantError::Policy(_) => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "Internal error",
+                ),
+                GrantError::InvalidClient(_) => (
+                    StatusCode::BAD_REQUEST,
+                    e.code(),
+                    "Unknown or invalid client",
+                ),
+                GrantError::InvalidRequest(_)
+                | GrantError::InvalidGrant(_)
+                | GrantError::UnauthorizedClient(_)
+                | GrantError::UnsupportedGrantType
+                | GrantError::UnsupportedResponseType
+                | GrantError::InvalidScope(_)
+                | GrantError::InvalidTarget(_)
+                | GrantError::AccessDenied
+                | GrantError::InvalidRedirectUri(_)
+                | GrantError::InvalidClientMetadata(_) => (
+                    StatusCode::BAD_REQUEST,
+                    e.code(),
+                    "Invalid authorization request",
+                ),
+            },
         }
     }
 
@@ -319,6 +362,12 @@ impl IntoResponse for Error {
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"strongbox\""),
+            );
+        }
+        if matches!(self, Error::InvalidToken(_)) {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"strongbox\", error=\"invalid_token\""),
             );
         }
         if let Some(v) = retry_after.and_then(|s| HeaderValue::from_str(&s.to_string()).ok()) {

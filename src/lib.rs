@@ -27,6 +27,7 @@ pub mod config;
 pub mod crypto;
 pub mod error;
 pub mod executor;
+pub mod grants;
 pub mod http;
 pub mod journal;
 pub mod limits;

@@ -65,6 +65,25 @@ secret_string!(
     DelegationToken
 );
 secret_string!(
+    /// An access token Strongbox issued to an agent under a grant (SPEC §11). Only its
+    /// SHA-256 digest is stored.
+    GrantAccessToken
+);
+secret_string!(
+    /// A refresh token Strongbox issued to an agent under a grant. Only its SHA-256 digest
+    /// is stored; it is rotated on every use.
+    GrantRefreshToken
+);
+secret_string!(
+    /// An authorization code Strongbox issued (one-time, 60 s). Only its digest is stored.
+    AuthorizationCode
+);
+secret_string!(
+    /// A secret an OAuth client presents at the token endpoint: its agent secret, a
+    /// `private_key_jwt` assertion, a code, a refresh token or a PKCE verifier.
+    ClientPresented
+);
+secret_string!(
     /// The secret in a browser's session cookie. Only its SHA-256 digest is stored.
     SessionToken
 );

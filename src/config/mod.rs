@@ -73,6 +73,9 @@ pub struct Config {
     pub provider_timeout: i64,
     /// Request rate limits (`[limits]`).
     pub limits: Limits,
+    /// Seconds an agent's grant (SPEC §11) lasts after the user approved it
+    /// (`[agents] grant_lifetime`, default 90 days).
+    pub grant_lifetime: i64,
     pub providers: BTreeMap<String, ProviderConfig>,
     pub tools: BTreeMap<String, ToolConfig>,
 }
@@ -102,6 +105,8 @@ struct RawConfig {
     provider_timeout: DurationText,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    agents: RawAgents,
     /// Replaced by `[limits]`; kept only to name its successor when an old file sets it.
     #[serde(default)]
     agent_rate_limit: Option<serde::de::IgnoredAny>,
@@ -176,6 +181,25 @@ struct RawSession {
     idle_timeout: DurationText,
     #[serde(default = "default_absolute")]
     absolute_timeout: DurationText,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgents {
+    #[serde(default = "default_grant_lifetime")]
+    grant_lifetime: DurationText,
+}
+
+impl Default for RawAgents {
+    fn default() -> Self {
+        RawAgents {
+            grant_lifetime: default_grant_lifetime(),
+        }
+    }
+}
+
+fn default_grant_lifetime() -> DurationText {
+    DurationText::Text("90d".into())
 }
 
 impl Default for RawSession {
@@ -432,6 +456,10 @@ impl Config {
             limits: raw.limits.parse()?,
             provider_timeout: match duration("provider_timeout", &raw.provider_timeout)? {
                 0 => return Err(invalid("provider_timeout", "must be at least 1s")),
+                n => n,
+            },
+            grant_lifetime: match duration("agents.grant_lifetime", &raw.agents.grant_lifetime)? {
+                0 => return Err(invalid("agents.grant_lifetime", "must be at least 1s")),
                 n => n,
             },
             providers: raw.providers,

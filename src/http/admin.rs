@@ -171,8 +171,9 @@ pub async fn revoke_user(
     let mut tx = app.db.begin().await?;
     let sessions = app.sessions.end_all(&mut tx, &user_id).await?;
     let delegations = app.agents.revoke_all(&mut tx, &user_id).await?;
+    let grants = app.grants.revoke_all(&mut tx, &user_id).await?;
     let event = Event::new(Kind::UserRevoked, admin.clone(), format!("user:{user_id}"))
-        .detail(json!({ "sessions": sessions, "delegations": delegations }));
+        .detail(json!({ "sessions": sessions, "delegations": delegations, "grants": grants }));
     audit::append(&mut tx, app.clock.unix_ms(), event).await?;
     tx.commit().await?;
 

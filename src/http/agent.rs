@@ -16,6 +16,7 @@ use crate::agents::{DEFAULT_TTL, DelegationRefused, Grant, MAX_TTL, Resolution};
 use crate::clock::rfc3339;
 use crate::error::Error;
 use crate::executor::Caller;
+use crate::grants::Audience;
 use crate::secret::{AgentSecret, DelegationToken};
 use crate::tools::ArgError;
 use crate::vault::SealedCredential;
@@ -31,12 +32,21 @@ pub struct AgentRequest {
     request_id: String,
     /// The client address, for the limit on failed authentications.
     client: std::net::IpAddr,
+    /// The resource the request is made to, which an access token must be for.
+    audience: Audience,
 }
 
 impl FromRequestParts<AppState> for AgentRequest {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, Error> {
+        Ok(AgentRequest::of(parts, app, Audience::Api))
+    }
+}
+
+impl AgentRequest {
+    /// The credentials `parts` carries, for a request to `audience`.
+    pub fn of(parts: &Parts, app: &AppState, audience: Audience) -> AgentRequest {
         let text = |name: &str| {
             parts
                 .headers
@@ -44,7 +54,7 @@ impl FromRequestParts<AppState> for AgentRequest {
                 .and_then(|v| v.to_str().ok())
                 .map(|v| v.trim().to_owned())
         };
-        Ok(AgentRequest {
+        AgentRequest {
             // The scheme name is case-insensitive (RFC 9110 §11.1).
             bearer: text(header::AUTHORIZATION.as_str()).and_then(|v| {
                 let (scheme, secret) = v.split_once(' ')?;
@@ -57,13 +67,24 @@ impl FromRequestParts<AppState> for AgentRequest {
             // caller name the request alike.
             request_id: super::observe::request_id_of(&parts.extensions),
             client: super::guard::client_address_of(app, parts),
-        })
+            audience,
+        }
+    }
+
+    /// Whether the request carries an access token alone (rather than an agent secret and
+    /// a delegation).
+    fn access_token(&self) -> bool {
+        self.delegation.is_none()
+            && self
+                .bearer
+                .as_ref()
+                .is_some_and(|b| crate::agents::is_access_token(b.reveal()))
     }
 }
 
 /// How [`AgentRequest::check`] reads the request's rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Read {
+pub(super) enum Read {
     /// Rows read for an earlier request may stand in (see `Agents::resolve`): only for a
     /// use recorded with its basis.
     Reuse,
@@ -79,7 +100,7 @@ impl AgentRequest {
     /// secret spend it), the agent secret (401), the delegation
     /// (401/403), the (agent, user) and per-agent rate limits (429). One database read
     /// also returns the delegating user's connection to `provider`.
-    async fn check(
+    pub(super) async fn check(
         &self,
         app: &AppState,
         provider: &str,
@@ -123,6 +144,9 @@ impl AgentRequest {
                     .map_err(|w| Error::RateLimited(w.0))?,
             }
         }
+        if self.access_token() {
+            return self.accept_access_token(app, resolution);
+        }
         match resolution {
             Resolution::Unauthenticated => Err(Error::AgentUnauthorized),
             Resolution::Refused(_, DelegationRefused::Invalid) => Err(Error::DelegationInvalid),
@@ -143,6 +167,54 @@ impl AgentRequest {
                 connection.map(|row| SealedCredential::from_row(*row)),
             )),
         }
+    }
+}
+
+impl AgentRequest {
+    /// The outcome for an access token: any refusal is `invalid_token`, and an accepted
+    /// token must be for this resource (RFC 8707). Its grant's last use is noted.
+    fn accept_access_token(
+        &self,
+        app: &AppState,
+        resolution: Resolution,
+    ) -> Result<(Caller, Option<SealedCredential>), Error> {
+        let Resolution::Accepted {
+            agent,
+            delegation,
+            connection,
+            grounds,
+        } = resolution
+        else {
+            return Err(match resolution {
+                Resolution::Refused(_, DelegationRefused::Expired) => {
+                    Error::InvalidToken("has expired")
+                }
+                _ => Error::InvalidToken("is unknown or revoked"),
+            });
+        };
+        if !app
+            .grants
+            .accepts(delegation.resource.as_deref(), self.audience)
+        {
+            return Err(Error::InvalidToken("was issued for another resource"));
+        }
+        if let Some(grant) = delegation.grant_id.clone() {
+            let grants = std::sync::Arc::clone(&app.grants);
+            tokio::spawn(async move {
+                if let Err(e) = grants.touch(&grant).await {
+                    tracing::warn!(error = %e, "could not note a grant's use");
+                }
+            });
+        }
+        Ok((
+            Caller {
+                agent: agent.name,
+                delegation,
+                request_id: self.request_id.clone(),
+                grounds,
+            },
+            connection.map(|row| SealedCredential::from_row(*row)),
+        ))
     }
 }
 
@@ -180,17 +252,44 @@ pub async fn run_tool(
 ) -> Result<Response, Error> {
     let found = app.tools.get(&tool);
     let provider = found.map_or("", |t| t.provider.as_str());
-    let (mut caller, mut connection) = request.check(&app, provider, Read::Fresh).await?;
-    let tool = found.ok_or_else(|| Error::UnknownTool(tool.clone()))?;
+    let (caller, connection) = request.check(&app, provider, Read::Fresh).await?;
+    found.ok_or_else(|| Error::UnknownTool(tool.clone()))?;
+    let body: RunBody = json_body(&body)?;
+    let out = run_with(&app, &request, caller, connection, &tool, &body.args).await?;
+    Ok(Json(out).into_response())
+}
+
+/// Runs `tool` for a caller already checked (`/mcp`); its connection is read here.
+pub(super) async fn run(
+    app: &AppState,
+    request: &AgentRequest,
+    caller: Caller,
+    tool: &str,
+    args: &serde_json::Map<String, Value>,
+) -> Result<crate::executor::ToolOutput, Error> {
+    run_with(app, request, caller, None, tool, args).await
+}
+
+async fn run_with(
+    app: &AppState,
+    request: &AgentRequest,
+    mut caller: Caller,
+    mut connection: Option<SealedCredential>,
+    tool: &str,
+    args: &serde_json::Map<String, Value>,
+) -> Result<crate::executor::ToolOutput, Error> {
+    let tool = app
+        .tools
+        .get(tool)
+        .ok_or_else(|| Error::UnknownTool(tool.to_owned()))?;
     if !caller.delegation.tools.iter().any(|t| t == &tool.name) {
         return Err(Error::ToolNotDelegated(tool.name.clone()));
     }
-    let body: RunBody = json_body(&body)?;
-    let url = tool.request_url(&body.args)?;
+    let url = tool.request_url(args)?;
     // The start is recorded only if the rows the run was decided on still hold; if they
     // changed in between, it is decided again from a fresh read (the provider not called).
     let mut again = 0;
-    let out = loop {
+    loop {
         match app
             .broker
             .run(&caller, &app.policies, tool, url.clone(), connection)
@@ -198,12 +297,11 @@ pub async fn run_tool(
         {
             Err(Error::Stale) if again < STALE_RETRIES => {
                 again += 1;
-                (caller, connection) = request.check(&app, provider, Read::Again).await?;
+                (caller, connection) = request.check(app, &tool.provider, Read::Again).await?;
             }
-            other => break other?,
+            other => return other,
         }
-    };
-    Ok(Json(out).into_response())
+    }
 }
 
 /// `GET /v1/tools` — the tools the caller's delegation covers, with what each does and

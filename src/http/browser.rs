@@ -364,12 +364,13 @@ pub(crate) async fn end_all(app: &AppState, me: &SignedIn) -> Result<(), Error> 
     let mut tx = app.db.begin().await?;
     let ended = app.sessions.end_all(&mut tx, &me.user_id).await?;
     let delegations = app.agents.revoke_all(&mut tx, &me.user_id).await?;
+    let grants = app.grants.revoke_all(&mut tx, &me.user_id).await?;
     let event = Event::new(
         Kind::SessionsRevoked,
         Actor::User(me.user_id.clone()),
         format!("user:{}", me.user_id),
     )
-    .detail(json!({ "sessions": ended, "delegations": delegations }));
+    .detail(json!({ "sessions": ended, "delegations": delegations, "grants": grants }));
     audit::append(&mut tx, app.clock.unix_ms(), event).await?;
     tx.commit().await?;
     Ok(())

@@ -3,7 +3,11 @@
 pub mod admin;
 pub mod agent;
 pub mod browser;
+mod consent;
 pub mod guard;
+pub mod mcp;
+
+pub mod oauth2;
 pub mod observe;
 pub mod openapi;
 mod ops;
@@ -38,6 +42,8 @@ pub struct AppState {
     pub limits: Arc<crate::limits::Limiters>,
     pub clock: Arc<dyn Clock>,
     pub agents: Arc<crate::agents::Agents>,
+    /// The authorization server for agents (SPEC §11).
+    pub grants: Arc<crate::grants::AuthServer>,
     pub policies: Arc<crate::policy::Policies>,
     pub tools: Arc<std::collections::BTreeMap<String, crate::tools::Tool>>,
     pub broker: Arc<crate::executor::Broker>,
@@ -47,6 +53,8 @@ pub struct AppState {
     pub request_timeout: std::time::Duration,
     /// The Content-Security-Policy, computed once from the configured providers.
     csp: HeaderValue,
+    /// Its `form-action` origins.
+    form_action: String,
 }
 
 impl AppState {
@@ -60,7 +68,13 @@ impl AppState {
     ) -> Result<AppState, crate::config::ConfigError> {
         let providers = crate::providers::resolve(&config)?;
         let config_provider_timeout = config.provider_timeout;
-        let csp = content_security_policy(providers.values().filter(|p| p.configured));
+        let form_action = form_action(providers.values().filter(|p| p.configured));
+        let csp = content_security_policy(&form_action);
+        let configured: Vec<String> = providers
+            .iter()
+            .filter(|(_, p)| p.configured)
+            .map(|(name, _)| name.clone())
+            .collect();
         let mut secrets = std::collections::BTreeMap::new();
         for (name, p) in &config.providers {
             if let Some(secret) = p.client_secret(name)? {
@@ -124,10 +138,24 @@ impl AppState {
             &config.limits,
             Arc::clone(&clock),
         ));
+        let agents = Arc::new(crate::agents::Agents::new(db.clone(), Arc::clone(&clock)));
+        let tools = Arc::new(tools);
+        let grants = crate::grants::AuthServer::new(
+            db.clone(),
+            Arc::clone(&clock),
+            Arc::clone(&agents),
+            &config,
+            Arc::clone(&tools),
+            configured,
+        )
+        .map_err(|e| {
+            crate::config::ConfigError::Parse(format!("cannot build the HTTP client: {e}"))
+        })?;
         Ok(AppState {
-            agents: Arc::new(crate::agents::Agents::new(db.clone(), Arc::clone(&clock))),
+            agents,
+            grants: Arc::new(grants),
             policies: Arc::new(policies),
-            tools: Arc::new(tools),
+            tools,
             broker: Arc::new(broker),
             config: Arc::new(config),
             db,
@@ -139,7 +167,22 @@ impl AppState {
             request_timeout: request_timeout(config_provider_timeout),
             metrics,
             csp,
+            form_action,
         })
+    }
+
+    /// The Content-Security-Policy of a page whose forms end with a redirect to
+    /// `redirect_uri` (browsers apply `form-action` to the redirects a form submission
+    /// follows).
+    pub fn csp_with(&self, redirect_uri: &str) -> HeaderValue {
+        let origin = url::Url::parse(redirect_uri)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "https" | "http"))
+            .map(|u| u.origin().ascii_serialization());
+        match origin {
+            Some(o) => content_security_policy(&format!("{} {o}", self.form_action)),
+            None => self.csp.clone(),
+        }
     }
 }
 
@@ -152,6 +195,11 @@ pub fn app(state: AppState) -> Router {
             get(browser::connect).post(browser::connect_confirmed),
         )
         .route("/oauth/callback/{provider}", get(browser::callback))
+        .route(
+            "/oauth2/authorize",
+            get(oauth2::authorize).post(oauth2::decide),
+        )
+        .route("/oauth2/register", post(oauth2::register))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             guard::rate_limit,
@@ -175,6 +223,23 @@ pub fn app(state: AppState) -> Router {
         .route("/api/connections", get(browser::connections))
         .route("/api/connections/{id}", delete(browser::disconnect))
         .route("/api/delegations", post(agent::delegate))
+        .route("/api/grants", get(oauth2::grants))
+        .route("/api/grants/{id}", delete(oauth2::revoke_grant))
+        .route("/grants/{id}/revoke", post(oauth2::revoke_grant_form))
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(oauth2::metadata),
+        )
+        .route(
+            "/.well-known/oauth-protected-resource/mcp",
+            get(oauth2::mcp_resource_metadata),
+        )
+        .route(
+            "/.well-known/oauth-protected-resource/v1",
+            get(oauth2::api_resource_metadata),
+        )
+        .route("/oauth2/token", post(oauth2::token))
+        .route("/oauth2/revoke", post(oauth2::revoke))
         .route("/admin/keys", get(admin::keys))
         .route("/admin/keys/rotate", post(admin::rotate))
         .route("/admin/keys/rewrap", post(admin::rewrap))
@@ -183,6 +248,14 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/tools", get(agent::list_tools))
         .route("/v1/tools/{tool}/run", post(agent::run_tool))
         .route("/v1/credentials/{provider}", post(agent::release))
+        .merge(
+            Router::new()
+                .route_service("/mcp", mcp::service(&state))
+                .layer(middleware::from_fn_with_state(
+                    state.clone(),
+                    mcp::authenticate,
+                )),
+        )
         .fallback(|| async { Error::NotFound });
     // The timeout is innermost, so its answer is dressed like every other error; the
     // request id and access log outermost, so every answer has them.
@@ -204,12 +277,10 @@ fn request_timeout(provider_timeout: i64) -> std::time::Duration {
     std::time::Duration::from_secs(seconds.unsigned_abs())
 }
 
-/// No scripts, no frames, styles and images from us only. `form-action` also names the
-/// configured providers' authorization origins: browsers apply it to the redirects that
-/// follow a form submission, and the account page's "Connect" forms end at the provider.
-fn content_security_policy<'a>(
-    providers: impl Iterator<Item = &'a crate::providers::Provider>,
-) -> HeaderValue {
+/// `form-action`'s sources: ourselves and the configured providers' authorization origins.
+/// Browsers apply it to the redirects that follow a form submission, and the account
+/// page's "Connect" forms end at the provider.
+fn form_action<'a>(providers: impl Iterator<Item = &'a crate::providers::Provider>) -> String {
     let mut origins = std::collections::BTreeSet::new();
     for p in providers {
         for url in [&p.authorize_url, &p.issuer].into_iter().flatten() {
@@ -225,6 +296,11 @@ fn content_security_policy<'a>(
         form_action.push(' ');
         form_action.push_str(&o);
     }
+    form_action
+}
+
+/// No scripts, no frames, styles and images from us only; forms to `form_action`.
+fn content_security_policy(form_action: &str) -> HeaderValue {
     let csp = format!(
         "default-src 'none'; style-src 'self'; img-src 'self'; form-action {form_action}; \
          frame-ancestors 'none'; base-uri 'none'"
@@ -259,7 +335,10 @@ async fn security_headers(
         header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),
     );
-    h.insert(header::CONTENT_SECURITY_POLICY, app.csp.clone());
+    // A page that set its own (a wider `form-action`) keeps it.
+    if !h.contains_key(header::CONTENT_SECURITY_POLICY) {
+        h.insert(header::CONTENT_SECURITY_POLICY, app.csp.clone());
+    }
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));
     resp
@@ -280,7 +359,9 @@ mod tests {
         )
         .unwrap();
         let providers = crate::providers::resolve(&config).unwrap();
-        let csp = content_security_policy(providers.values().filter(|p| p.configured));
+        let csp = content_security_policy(&form_action(
+            providers.values().filter(|p| p.configured),
+        ));
         let csp = csp.to_str().unwrap();
         assert!(
             csp.contains(

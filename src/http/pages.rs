@@ -42,11 +42,17 @@ pub async fn home(
                 .await?
                 .into_response())
         }
-        _ => Ok(SignInPage {
-            providers: app.oauth.login_providers(),
-        }
-        .into_response()),
+        _ => Ok(sign_in_page(&app, None)),
     }
+}
+
+/// The sign-in page; with `return_to`, signing in comes back there.
+pub fn sign_in_page(app: &AppState, return_to: Option<String>) -> Response {
+    SignInPage {
+        providers: app.oauth.login_providers(),
+        return_to,
+    }
+    .into_response()
 }
 
 /// `templates/sign_in.html`: one button per sign-in provider, `(name, display name)`.
@@ -54,6 +60,8 @@ pub async fn home(
 #[template(path = "sign_in.html")]
 struct SignInPage {
     providers: Vec<(String, String)>,
+    /// A same-origin path to come back to after signing in.
+    return_to: Option<String>,
 }
 
 /// `templates/account.html`. Holds the CSRF token: no `Debug`.
@@ -65,7 +73,17 @@ struct AccountPage {
     connections: Vec<ConnectionRow>,
     connect: Vec<ConnectOffer>,
     sessions: Vec<SessionRow>,
+    grants: Vec<GrantRow>,
     csrf: String,
+}
+
+/// An agent with access ("Apps with access").
+struct GrantRow {
+    id: String,
+    agent: String,
+    access: String,
+    created: String,
+    last_used: String,
 }
 
 struct ConnectionRow {
@@ -129,11 +147,31 @@ async fn account(app: &AppState, me: SignedIn) -> Result<AccountPage, Error> {
             current: s.current,
         })
         .collect();
+    let grants = app
+        .grants
+        .list(&me.user_id)
+        .await?
+        .into_iter()
+        .map(|g| GrantRow {
+            id: g.id,
+            agent: g.agent,
+            access: g
+                .tools
+                .iter()
+                .map(|t| format!("tool:{t}"))
+                .chain(g.providers.iter().map(|p| format!("credential:{p}")))
+                .collect::<Vec<_>>()
+                .join(" "),
+            created: rfc3339(g.created_at),
+            last_used: g.last_used_at.map_or_else(|| "never".to_owned(), rfc3339),
+        })
+        .collect();
     Ok(AccountPage {
         identities,
         connections,
         connect,
         sessions,
+        grants,
         csrf: Sessions::csrf_token(&me.token),
     })
 }
@@ -159,6 +197,12 @@ pub struct ConfirmConnect<'a> {
 #[derive(Deserialize)]
 pub struct CsrfField {
     csrf_token: String,
+}
+
+impl CsrfField {
+    pub fn token(&self) -> &str {
+        &self.csrf_token
+    }
 }
 
 fn back_home() -> Response {

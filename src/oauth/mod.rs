@@ -175,7 +175,7 @@ pub fn safe_return_to(raw: Option<&str>) -> String {
             if p.starts_with('/')
                 && !p.starts_with("//")
                 && !p.starts_with("/\\")
-                && p.len() <= 512
+                && p.len() <= 2048
                 && p.chars().all(|c| c.is_ascii_graphic()) =>
         {
             p.to_owned()

@@ -86,6 +86,11 @@ pub struct DelegationRow {
     pub providers: String,
     pub created_at: i64,
     pub expires_at: i64,
+    /// The grant an OAuth access token was issued under (SPEC §11); `None` for a
+    /// delegation made with `POST /api/delegations`.
+    pub grant_id: Option<String>,
+    /// The one resource (RFC 8707) an access token is for, if it was issued for one.
+    pub resource: Option<String>,
 }
 
 pub async fn insert_delegation(
@@ -95,7 +100,7 @@ pub async fn insert_delegation(
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO delegation (token_hash, handle, agent_id, user_id, tools, providers, \
-         created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+         created_at, expires_at, grant_id, resource) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(token_hash)
     .bind(&d.handle)
@@ -105,6 +110,8 @@ pub async fn insert_delegation(
     .bind(&d.providers)
     .bind(d.created_at)
     .bind(d.expires_at)
+    .bind(&d.grant_id)
+    .bind(&d.resource)
     .execute(conn)
     .await?;
     Ok(())
@@ -199,7 +206,8 @@ fn request_sql(width: usize) -> Option<&'static str> {
              a.id, a.name, a.created_at, a.secret_hash, d.handle AS d_handle, \
              d.agent_id AS d_agent_id, d.user_id AS d_user_id, d.tools AS d_tools, \
              d.providers AS d_providers, d.created_at AS d_created_at, \
-             d.expires_at AS d_expires_at, {} FROM (VALUES {}) AS k \
+             d.expires_at AS d_expires_at, d.grant_id AS d_grant_id, d.resource AS d_resource, \
+             {} FROM (VALUES {}) AS k \
              JOIN agent a ON a.id = k.column1 \
              LEFT JOIN delegation d ON d.token_hash = k.column2 \
              LEFT JOIN connection c ON c.user_id = d.user_id AND c.provider = k.column3",
@@ -259,6 +267,8 @@ where
                 providers: r.try_get("d_providers")?,
                 created_at: r.try_get("d_created_at")?,
                 expires_at: r.try_get("d_expires_at")?,
+                grant_id: r.try_get("d_grant_id")?,
+                resource: r.try_get("d_resource")?,
             }),
             None => None,
         };

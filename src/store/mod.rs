@@ -11,6 +11,7 @@
 pub mod agents;
 pub mod audit;
 pub mod connection;
+pub mod grants;
 pub mod identities;
 pub mod kek;
 pub mod sessions;
