@@ -301,7 +301,11 @@ async fn bench(name: &str, url: &str, seconds: u64) {
         .await
         .unwrap();
     tx.commit().await.unwrap();
-    let (agent, secret) = state.agents.add("bench", &Default::default(), Actor::Cli).await.unwrap();
+    let (agent, secret) = state
+        .agents
+        .add("bench", &Default::default(), Actor::Cli)
+        .await
+        .unwrap();
     let secret = secret.unwrap();
     let grant = Grant {
         agent: "bench".into(),

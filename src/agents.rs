@@ -412,9 +412,7 @@ impl Agents {
         let well_formed = token.starts_with(prefix) && token.len() <= 128;
         let checked = match rows.delegation {
             // A delegation is presented with the agent's secret, an access token alone.
-            Some(d) if well_formed && d.grant_id.is_some() == access => {
-                self.check(&rows.agent, d)
-            }
+            Some(d) if well_formed && d.grant_id.is_some() == access => self.check(&rows.agent, d),
             _ => Err(DelegationRefused::Invalid),
         };
         match checked {

@@ -250,9 +250,8 @@ fn registration(
     let jwks = match jwks_file {
         None => None,
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                CliError(format!("--jwks-file {}: {e}", path.display()))
-            })?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| CliError(format!("--jwks-file {}: {e}", path.display())))?;
             crate::grants::check_jwks(&text)
                 .map_err(|e| CliError(format!("--jwks-file {}: {e}", path.display())))?;
             Some(text)

@@ -125,7 +125,8 @@ impl Error {
             ) => is_unavailable(e),
             Error::Agents(crate::agents::AgentError::Lookup { unavailable, .. }) => *unavailable,
             Error::Grant(
-                GrantError::Database(e) | GrantError::Agents(crate::agents::AgentError::Database(e)),
+                GrantError::Database(e)
+                | GrantError::Agents(crate::agents::AgentError::Database(e)),
             ) => is_unavailable(e),
             Error::NotRecorded(e) => e.unavailable,
             _ => false,

@@ -151,7 +151,8 @@ impl AuthServer {
         if client_id.starts_with("https://") || client_id.starts_with("http://") {
             let fresh = row.as_ref().is_some_and(|r| {
                 r.kind == "metadata"
-                    && r.fetched_at.is_some_and(|t| self.clock.unix() - t < METADATA_TTL)
+                    && r.fetched_at
+                        .is_some_and(|t| self.clock.unix() - t < METADATA_TTL)
             });
             return match row {
                 Some(r) if fresh => Ok(Client::from_row(r)),
@@ -163,7 +164,11 @@ impl AuthServer {
     }
 
     /// Fetches, checks and stores a client ID metadata document.
-    async fn fetch_metadata(&self, url: &str, cached: Option<ClientRow>) -> Result<Client, GrantError> {
+    async fn fetch_metadata(
+        &self,
+        url: &str,
+        cached: Option<ClientRow>,
+    ) -> Result<Client, GrantError> {
         let bad = |why: &str| GrantError::InvalidClient(format!("client metadata document: {why}"));
         let parsed = url::Url::parse(url).map_err(|_| bad("client_id is not a URL"))?;
         let allowed = match parsed.scheme() {
@@ -172,7 +177,11 @@ impl AuthServer {
             "http" => !self.https && crate::config::secure_endpoint(url),
             _ => false,
         };
-        if !allowed || parsed.fragment().is_some() || !parsed.username().is_empty() || parsed.path() == "/" {
+        if !allowed
+            || parsed.fragment().is_some()
+            || !parsed.username().is_empty()
+            || parsed.path() == "/"
+        {
             return Err(bad("client_id must be an https URL with a path"));
         }
         let resp = self
@@ -193,8 +202,13 @@ impl AuthServer {
         if doc.client_id != url {
             return Err(bad("its client_id is not its own URL"));
         }
-        if !matches!(doc.token_endpoint_auth_method.as_deref(), None | Some("none")) {
-            return Err(bad("only public clients (token_endpoint_auth_method none) are supported"));
+        if !matches!(
+            doc.token_endpoint_auth_method.as_deref(),
+            None | Some("none")
+        ) {
+            return Err(bad(
+                "only public clients (token_endpoint_auth_method none) are supported",
+            ));
         }
         if doc.redirect_uris.is_empty()
             || doc.redirect_uris.len() > MAX_REDIRECTS
@@ -205,13 +219,15 @@ impl AuthServer {
         let name = doc.client_name.filter(|n| valid_client_name(n));
         let now = self.clock.unix();
         let row = ClientRow {
-            id: cached
-                .as_ref()
-                .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), |c| c.id.clone()),
+            id: cached.as_ref().map_or_else(
+                || uuid::Uuid::new_v4().simple().to_string(),
+                |c| c.id.clone(),
+            ),
             name: url.to_owned(),
             kind: "metadata".into(),
             secret_hash: Vec::new(),
-            redirect_uris: serde_json::to_string(&doc.redirect_uris).unwrap_or_else(|_| "[]".into()),
+            redirect_uris: serde_json::to_string(&doc.redirect_uris)
+                .unwrap_or_else(|_| "[]".into()),
             jwks: None,
             display_name: name,
             fetched_at: Some(now),
@@ -221,8 +237,12 @@ impl AuthServer {
         if cached.is_some() {
             rows::update_metadata(&mut tx, &row).await?;
         } else if rows::insert_client(&mut tx, &row).await? {
-            let event = Event::new(Kind::ClientRegistered, Actor::System, format!("agent:{url}"))
-                .detail(json!({ "client_id": url, "how": "metadata_document",
+            let event = Event::new(
+                Kind::ClientRegistered,
+                Actor::System,
+                format!("agent:{url}"),
+            )
+            .detail(json!({ "client_id": url, "how": "metadata_document",
                                 "redirect_uris": doc.redirect_uris }));
             audit::append(&mut tx, self.clock.unix_ms(), event).await?;
         }
@@ -237,7 +257,10 @@ impl AuthServer {
     /// RFC 7591 registration of a public client.
     pub async fn register(&self, req: RegistrationRequest) -> Result<Registered, GrantError> {
         let meta = GrantError::InvalidClientMetadata;
-        if !matches!(req.token_endpoint_auth_method.as_deref(), None | Some("none")) {
+        if !matches!(
+            req.token_endpoint_auth_method.as_deref(),
+            None | Some("none")
+        ) {
             return Err(meta(
                 "only public clients (token_endpoint_auth_method none) may register; \
                  confidential agents are registered with `strongbox agents add`"
@@ -245,9 +268,12 @@ impl AuthServer {
             ));
         }
         if let Some(g) = &req.grant_types
-            && g.iter().any(|g| g != "authorization_code" && g != "refresh_token")
+            && g.iter()
+                .any(|g| g != "authorization_code" && g != "refresh_token")
         {
-            return Err(meta("grant_types may be authorization_code and refresh_token".into()));
+            return Err(meta(
+                "grant_types may be authorization_code and refresh_token".into(),
+            ));
         }
         if let Some(r) = &req.response_types
             && r.iter().any(|r| r != "code")
@@ -259,16 +285,18 @@ impl AuthServer {
             || !req.redirect_uris.iter().all(|r| valid_redirect_uri(r))
         {
             return Err(GrantError::InvalidRedirectUri(
-                "redirect_uris: 1 to 10 https URLs (plain http only to loopback), no fragment".into(),
+                "redirect_uris: 1 to 10 https URLs (plain http only to loopback), no fragment"
+                    .into(),
             ));
         }
         if let Some(s) = &req.scope {
-            self.parse_scope(Some(s))
-                .map_err(|e| meta(e.to_string()))?;
+            self.parse_scope(Some(s)).map_err(|e| meta(e.to_string()))?;
         }
         let name = match req.client_name {
             Some(n) if !valid_client_name(&n) => {
-                return Err(meta("client_name: 1 to 100 characters, no control characters".into()));
+                return Err(meta(
+                    "client_name: 1 to 100 characters, no control characters".into(),
+                ));
             }
             other => other,
         };
@@ -279,7 +307,8 @@ impl AuthServer {
             name: format!("client-{id}"),
             kind: "dynamic".into(),
             secret_hash: Vec::new(),
-            redirect_uris: serde_json::to_string(&req.redirect_uris).unwrap_or_else(|_| "[]".into()),
+            redirect_uris: serde_json::to_string(&req.redirect_uris)
+                .unwrap_or_else(|_| "[]".into()),
             jwks: None,
             display_name: name.clone(),
             fetched_at: None,
@@ -287,9 +316,15 @@ impl AuthServer {
         };
         let mut tx = self.db.begin().await?;
         rows::insert_client(&mut tx, &row).await?;
-        let event = Event::new(Kind::ClientRegistered, Actor::System, format!("agent:{}", row.name))
-            .detail(json!({ "client_id": row.name, "how": "dynamic_registration",
-                            "client_name": name, "redirect_uris": req.redirect_uris }));
+        let event = Event::new(
+            Kind::ClientRegistered,
+            Actor::System,
+            format!("agent:{}", row.name),
+        )
+        .detail(
+            json!({ "client_id": row.name, "how": "dynamic_registration",
+                            "client_name": name, "redirect_uris": req.redirect_uris }),
+        );
         audit::append(&mut tx, self.clock.unix_ms(), event).await?;
         tx.commit().await?;
         Ok(Registered {

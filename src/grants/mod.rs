@@ -12,6 +12,7 @@
 //! that makes it, and no token leaves before its event is committed.
 
 mod clients;
+mod consent;
 mod tokens;
 
 use std::collections::BTreeMap;
@@ -25,11 +26,9 @@ pub use tokens::{ClientAuth, Issued, JWT_BEARER, TokenRequest, check_jwks};
 use crate::agents::Agents;
 use crate::audit::{self, Actor, Event, Kind};
 use crate::clock::Clock;
-use crate::crypto::{CryptoError, random_text, sha256};
-use crate::policy::{Action, Policies};
-use crate::secret::AuthorizationCode;
+use crate::crypto::CryptoError;
 use crate::store::Db;
-use crate::store::grants::{self as rows, CodeRow, GrantRow};
+use crate::store::grants as rows;
 use crate::tools::Tool;
 
 /// Seconds an authorization code is valid.
@@ -294,7 +293,11 @@ impl AuthServer {
     /// Parses a requested scope; no scope at all means every tool.
     pub fn parse_scope(&self, text: Option<&str>) -> Result<Scope, GrantError> {
         let mut scope = Scope::default();
-        for item in text.unwrap_or_default().split(' ').filter(|s| !s.is_empty()) {
+        for item in text
+            .unwrap_or_default()
+            .split(' ')
+            .filter(|s| !s.is_empty())
+        {
             if let Some(t) = item.strip_prefix("tool:")
                 && self.tools.contains_key(t)
             {
@@ -321,7 +324,12 @@ impl AuthServer {
     }
 
     /// `redirect_uri` with `params`, `state` and `iss` (RFC 9207) added to its query.
-    pub fn redirect(&self, redirect_uri: &str, state: Option<&str>, params: &[(&str, &str)]) -> String {
+    pub fn redirect(
+        &self,
+        redirect_uri: &str,
+        state: Option<&str>,
+        params: &[(&str, &str)],
+    ) -> String {
         let Ok(mut url) = url::Url::parse(redirect_uri) else {
             return redirect_uri.to_owned();
         };
@@ -361,9 +369,12 @@ impl AuthServer {
             return Err(back(GrantError::UnsupportedResponseType));
         }
         let challenge = req.code_challenge.clone().unwrap_or_default();
-        if req.code_challenge_method.as_deref() != Some("S256") || !tokens::valid_challenge(&challenge) {
+        if req.code_challenge_method.as_deref() != Some("S256")
+            || !tokens::valid_challenge(&challenge)
+        {
             return Err(back(GrantError::InvalidRequest(
-                "PKCE is required: code_challenge (43 characters) with code_challenge_method=S256".into(),
+                "PKCE is required: code_challenge (43 characters) with code_challenge_method=S256"
+                    .into(),
             )));
         }
         let scope = self.parse_scope(req.scope.as_deref()).map_err(back)?;
@@ -382,119 +393,6 @@ impl AuthServer {
             code_challenge: challenge,
             resource: req.resource.clone(),
         })
-    }
-
-    /// What the consent page offers for `pending`: every item asked for, each with whether
-    /// policy lets this agent have it for this user.
-    pub fn offers(
-        &self,
-        policies: &Policies,
-        pending: &Pending,
-        user_id: &str,
-    ) -> Result<Vec<Offer>, GrantError> {
-        let agent = &pending.client.name;
-        let mut out = Vec::new();
-        for name in &pending.scope.tools {
-            let Some(tool) = self.tools.get(name) else {
-                continue;
-            };
-            let action = Action::RunTool {
-                tool: &tool.name,
-                provider: &tool.provider,
-                tool_scopes: &tool.scopes,
-            };
-            let verdict = policies.decide(agent, user_id, &action, &tool.scopes)?;
-            out.push(Offer {
-                scope: format!("tool:{name}"),
-                name: name.clone(),
-                provider: tool.provider.clone(),
-                description: tool.description.clone(),
-                refused: (!verdict.allowed)
-                    .then(|| format!("policy does not let {agent} run {name}")),
-            });
-        }
-        for p in &pending.scope.providers {
-            let verdict = policies.decide(agent, user_id, &Action::FetchCredential { provider: p }, &[])?;
-            out.push(Offer {
-                scope: format!("credential:{p}"),
-                name: p.clone(),
-                provider: p.clone(),
-                description: format!("see your {p} access token itself"),
-                refused: (!verdict.allowed)
-                    .then(|| format!("policy does not let {agent} see {p} tokens")),
-            });
-        }
-        Ok(out)
-    }
-
-    /// The user approved: a grant of what policy allows of `pending`, and a code for it.
-    pub async fn approve(
-        &self,
-        policies: &Policies,
-        pending: &Pending,
-        user_id: &str,
-        request_id: &str,
-    ) -> Result<String, GrantError> {
-        let offers = self.offers(policies, pending, user_id)?;
-        let allowed = |prefix: &str| -> Vec<String> {
-            offers
-                .iter()
-                .filter(|o| o.refused.is_none() && o.scope.starts_with(prefix))
-                .map(|o| o.name.clone())
-                .collect()
-        };
-        let scope = Scope {
-            tools: allowed("tool:"),
-            providers: allowed("credential:"),
-        };
-        if scope.is_empty() {
-            return Err(GrantError::AccessDenied);
-        }
-        let now = self.clock.unix();
-        let grant = GrantRow {
-            id: uuid::Uuid::now_v7().to_string(),
-            agent_id: pending.client.id.clone(),
-            user_id: user_id.to_owned(),
-            tools: serde_json::to_string(&scope.tools).unwrap_or_else(|_| "[]".into()),
-            providers: serde_json::to_string(&scope.providers).unwrap_or_else(|_| "[]".into()),
-            resource: pending.resource.clone(),
-            created_at: now,
-            expires_at: now.saturating_add(self.grant_lifetime),
-            last_used_at: None,
-        };
-        let code = AuthorizationCode::new(format!("sbx_code_{}", random_text(32)?.as_str()));
-        let mut tx = self.db.begin().await?;
-        rows::insert_grant(&mut tx, &grant).await?;
-        let code_row = CodeRow {
-            grant_id: grant.id.clone(),
-            redirect_uri: pending.redirect_uri.clone(),
-            code_challenge: pending.code_challenge.clone(),
-            expires_at: now + CODE_TTL,
-            used_at: None,
-        };
-        rows::insert_code(&mut tx, &sha256(&[code.reveal().as_bytes()]), &code_row).await?;
-        let event = Event::new(Kind::GrantApproved, Actor::User(user_id.to_owned()), format!("user:{user_id}"))
-            .request_id(request_id.to_owned())
-            .detail(json!({
-                "grant": grant.id, "agent": pending.client.name, "tools": scope.tools,
-                "providers": scope.providers, "resource": grant.resource,
-                "expires_at": grant.expires_at,
-            }));
-        audit::append(&mut tx, self.clock.unix_ms(), event).await?;
-        tx.commit().await?;
-        Ok(code.reveal().to_owned())
-    }
-
-    /// The user denied: audited, and the client is told `access_denied`.
-    pub async fn deny(&self, pending: &Pending, user_id: &str, request_id: &str) -> Result<(), GrantError> {
-        let mut tx = self.db.begin().await?;
-        let event = Event::new(Kind::GrantDenied, Actor::User(user_id.to_owned()), format!("user:{user_id}"))
-            .outcome(audit::Outcome::Denied)
-            .request_id(request_id.to_owned())
-            .detail(json!({ "agent": pending.client.name, "scope": pending.scope.text() }));
-        audit::append(&mut tx, self.clock.unix_ms(), event).await?;
-        tx.commit().await?;
-        Ok(())
     }
 
     /// A user's grants, newest first.
@@ -519,7 +417,12 @@ impl AuthServer {
 
     /// Revokes one of the user's grants, ending its tokens at once; `false` if the user
     /// has no such grant.
-    pub async fn revoke(&self, user_id: &str, grant_id: &str, actor: Actor) -> Result<bool, GrantError> {
+    pub async fn revoke(
+        &self,
+        user_id: &str,
+        grant_id: &str,
+        actor: Actor,
+    ) -> Result<bool, GrantError> {
         let mut tx = self.db.begin().await?;
         let Some(grant) = rows::grant_by_id(&mut tx, grant_id).await? else {
             return Ok(false);
@@ -537,7 +440,11 @@ impl AuthServer {
 
     /// Revokes every grant of a user inside the caller's transaction (sign out
     /// everywhere, an admin revoking the user); returns their ids.
-    pub async fn revoke_all(&self, conn: &mut crate::store::Conn, user_id: &str) -> Result<Vec<String>, GrantError> {
+    pub async fn revoke_all(
+        &self,
+        conn: &mut crate::store::Conn,
+        user_id: &str,
+    ) -> Result<Vec<String>, GrantError> {
         Ok(rows::delete_grants_of(conn, user_id).await?)
     }
 
@@ -546,9 +453,7 @@ impl AuthServer {
         let now = self.clock.unix();
         let due = match self.touched.lock() {
             Ok(mut touched) => {
-                let due = touched
-                    .get(grant_id)
-                    .is_none_or(|t| now - t >= TOUCH_STEP);
+                let due = touched.get(grant_id).is_none_or(|t| now - t >= TOUCH_STEP);
                 if due {
                     if touched.len() >= TOUCHED_LIMIT {
                         touched.clear();

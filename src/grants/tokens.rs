@@ -59,7 +59,9 @@ pub struct Issued {
 
 /// `code_challenge` is base64url of a SHA-256 digest: 43 characters.
 pub(super) fn valid_challenge(c: &str) -> bool {
-    c.len() == 43 && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    c.len() == 43
+        && c.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// RFC 7636 §4.1: 43 to 128 unreserved characters; S256 of it must be the challenge.
@@ -82,7 +84,11 @@ pub fn check_jwks(text: &str) -> Result<(), String> {
         match &key.algorithm {
             AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => {}
             AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {}
-            _ => return Err("only P-256 (ES256) and Ed25519 (EdDSA) public keys are accepted".into()),
+            _ => {
+                return Err(
+                    "only P-256 (ES256) and Ed25519 (EdDSA) public keys are accepted".into(),
+                );
+            }
         }
         DecodingKey::from_jwk(key).map_err(|e| format!("a key cannot be read: {e}"))?;
     }
@@ -105,12 +111,16 @@ impl AuthServer {
             ClientAuth::Secret { id, secret } => {
                 let client = self.client(id).await.map_err(|_| refused())?;
                 let presented = sha256(&[secret.reveal().as_bytes()]);
-                if client.kind != ClientKind::Secret || !constant_time_eq(&presented, &client.secret_hash) {
+                if client.kind != ClientKind::Secret
+                    || !constant_time_eq(&presented, &client.secret_hash)
+                {
                     return Err(refused());
                 }
                 Ok(client)
             }
-            ClientAuth::Assertion { id, assertion } => self.verify_assertion(id.as_deref(), assertion).await,
+            ClientAuth::Assertion { id, assertion } => {
+                self.verify_assertion(id.as_deref(), assertion).await
+            }
             ClientAuth::None { id } => {
                 let client = self.client(id).await.map_err(|_| refused())?;
                 match client.kind {
@@ -123,7 +133,11 @@ impl AuthServer {
 
     /// RFC 7523 §3: signed by one of the client's keys (ES256 or EdDSA), `iss` = `sub` =
     /// client id, `aud` = the token endpoint, expiring within five minutes, `jti` unseen.
-    async fn verify_assertion(&self, id: Option<&str>, assertion: &ClientPresented) -> Result<Client, GrantError> {
+    async fn verify_assertion(
+        &self,
+        id: Option<&str>,
+        assertion: &ClientPresented,
+    ) -> Result<Client, GrantError> {
         let refused = || GrantError::InvalidClient("client assertion rejected".into());
         let jwt = assertion.reveal();
         let header = jsonwebtoken::decode_header(jwt).map_err(|_| refused())?;
@@ -189,7 +203,12 @@ impl AuthServer {
     }
 
     /// The token endpoint: a code or a refresh token for new tokens.
-    pub async fn token(&self, client: &Client, req: TokenRequest, request_id: &str) -> Result<Issued, GrantError> {
+    pub async fn token(
+        &self,
+        client: &Client,
+        req: TokenRequest,
+        request_id: &str,
+    ) -> Result<Issued, GrantError> {
         match req.grant_type.as_str() {
             "authorization_code" => self.exchange_code(client, req, request_id).await,
             "refresh_token" => self.refresh(client, req, request_id).await,
@@ -197,14 +216,23 @@ impl AuthServer {
         }
     }
 
-    async fn exchange_code(&self, client: &Client, req: TokenRequest, request_id: &str) -> Result<Issued, GrantError> {
+    async fn exchange_code(
+        &self,
+        client: &Client,
+        req: TokenRequest,
+        request_id: &str,
+    ) -> Result<Issued, GrantError> {
         let invalid = |why: &str| GrantError::InvalidGrant(why.to_owned());
-        let code = req.code.ok_or_else(|| GrantError::InvalidRequest("code is required".into()))?;
+        let code = req
+            .code
+            .ok_or_else(|| GrantError::InvalidRequest("code is required".into()))?;
         let now = self.clock.unix();
         let mut tx = self.db.begin().await?;
         // The code is spent by any attempt that finds it, so a wrong verifier cannot be
         // retried; the spend commits whatever the outcome.
-        let Some((row, first)) = rows::use_code(&mut tx, &sha256(&[code.reveal().as_bytes()]), now).await? else {
+        let Some((row, first)) =
+            rows::use_code(&mut tx, &sha256(&[code.reveal().as_bytes()]), now).await?
+        else {
             return Err(invalid("the code is unknown, expired or revoked"));
         };
         let grant = rows::grant_by_id(&mut tx, &row.grant_id).await?;
@@ -213,10 +241,16 @@ impl AuthServer {
             return Err(invalid("the code is unknown, expired or revoked"));
         };
         if !first {
-            self.replayed(tx, &grant, "authorization_code", request_id).await?;
-            return Err(invalid("the code was already used; the grant it issued is revoked"));
+            self.replayed(tx, &grant, "authorization_code", request_id)
+                .await?;
+            return Err(invalid(
+                "the code was already used; the grant it issued is revoked",
+            ));
         }
-        let verifier = req.code_verifier.as_ref().map_or("", ClientPresented::reveal);
+        let verifier = req
+            .code_verifier
+            .as_ref()
+            .map_or("", ClientPresented::reveal);
         let refusal = if now >= row.expires_at || now >= grant.expires_at {
             Some("the code has expired")
         } else if grant.agent_id != client.id {
@@ -234,12 +268,26 @@ impl AuthServer {
         }
         let resource = self.token_resource(&grant, req.resource.as_deref())?;
         let scope = Scope::from_lists(&grant.tools, &grant.providers);
-        let issued = self.issue(&mut tx, &grant, &scope, resource.as_deref(), "authorization_code", request_id).await?;
+        let issued = self
+            .issue(
+                &mut tx,
+                &grant,
+                &scope,
+                resource.as_deref(),
+                "authorization_code",
+                request_id,
+            )
+            .await?;
         tx.commit().await?;
         Ok(issued)
     }
 
-    async fn refresh(&self, client: &Client, req: TokenRequest, request_id: &str) -> Result<Issued, GrantError> {
+    async fn refresh(
+        &self,
+        client: &Client,
+        req: TokenRequest,
+        request_id: &str,
+    ) -> Result<Issued, GrantError> {
         let invalid = |why: &str| GrantError::InvalidGrant(why.to_owned());
         let presented = req
             .refresh_token
@@ -258,8 +306,11 @@ impl AuthServer {
             return Err(invalid("the refresh token was issued to another client"));
         }
         if !first {
-            self.replayed(tx, &grant, "refresh_token", request_id).await?;
-            return Err(invalid("the refresh token was already used; the grant is revoked"));
+            self.replayed(tx, &grant, "refresh_token", request_id)
+                .await?;
+            return Err(invalid(
+                "the refresh token was already used; the grant is revoked",
+            ));
         }
         if now >= grant.expires_at {
             return Err(invalid("the grant has expired"));
@@ -271,25 +322,42 @@ impl AuthServer {
                 let asked = self.parse_scope(Some(asked))?;
                 if !granted.covers(&asked) {
                     // Not spent: the client may try again within its grant.
-                    return Err(GrantError::InvalidScope("the scope asked for exceeds the grant".into()));
+                    return Err(GrantError::InvalidScope(
+                        "the scope asked for exceeds the grant".into(),
+                    ));
                 }
                 asked
             }
         };
         let resource = self.token_resource(&grant, req.resource.as_deref())?;
-        let issued = self.issue(&mut tx, &grant, &scope, resource.as_deref(), "refresh_token", request_id).await?;
+        let issued = self
+            .issue(
+                &mut tx,
+                &grant,
+                &scope,
+                resource.as_deref(),
+                "refresh_token",
+                request_id,
+            )
+            .await?;
         tx.commit().await?;
         Ok(issued)
     }
 
     /// The resource a token is issued for: the grant's, or one asked for now if the grant
     /// named none.
-    fn token_resource(&self, grant: &GrantRow, asked: Option<&str>) -> Result<Option<String>, GrantError> {
+    fn token_resource(
+        &self,
+        grant: &GrantRow,
+        asked: Option<&str>,
+    ) -> Result<Option<String>, GrantError> {
         match (grant.resource.as_deref(), asked) {
             (_, None) => Ok(grant.resource.clone()),
             (Some(g), Some(a)) if g == a => Ok(Some(a.to_owned())),
             (None, Some(a)) if self.known_resource(a) => Ok(Some(a.to_owned())),
-            _ => Err(GrantError::InvalidTarget("resource is not one this grant covers".into())),
+            _ => Err(GrantError::InvalidTarget(
+                "resource is not one this grant covers".into(),
+            )),
         }
     }
 
@@ -307,17 +375,39 @@ impl AuthServer {
         let expires_at = (now + ACCESS_TTL).min(grant.expires_at);
         let (access_token, handle) = self
             .agents
-            .issue_access(tx, &grant.agent_id, &grant.user_id, &scope.tools, &scope.providers, expires_at, &grant.id, resource)
+            .issue_access(
+                tx,
+                &grant.agent_id,
+                &grant.user_id,
+                &scope.tools,
+                &scope.providers,
+                expires_at,
+                &grant.id,
+                resource,
+            )
             .await?;
         let refresh_token = GrantRefreshToken::new(format!("sbx_rt_{}", random_text(32)?.as_str()));
-        rows::insert_refresh(tx, &sha256(&[refresh_token.reveal().as_bytes()]), &grant.id, now).await?;
-        let agent = rows::client_by_id(&mut **tx, &grant.agent_id).await?.map(|c| c.name).unwrap_or_default();
-        let event = Event::new(Kind::TokensIssued, Actor::Agent(agent), format!("user:{}", grant.user_id))
-            .request_id(request_id.to_owned())
-            .detail(json!({
-                "grant": grant.id, "grant_type": how, "access_token": handle,
-                "scope": scope.text(), "resource": resource, "expires_at": expires_at,
-            }));
+        rows::insert_refresh(
+            tx,
+            &sha256(&[refresh_token.reveal().as_bytes()]),
+            &grant.id,
+            now,
+        )
+        .await?;
+        let agent = rows::client_by_id(&mut **tx, &grant.agent_id)
+            .await?
+            .map(|c| c.name)
+            .unwrap_or_default();
+        let event = Event::new(
+            Kind::TokensIssued,
+            Actor::Agent(agent),
+            format!("user:{}", grant.user_id),
+        )
+        .request_id(request_id.to_owned())
+        .detail(json!({
+            "grant": grant.id, "grant_type": how, "access_token": handle,
+            "scope": scope.text(), "resource": resource, "expires_at": expires_at,
+        }));
         audit::append(tx, self.clock.unix_ms(), event).await?;
         Ok(Issued {
             access_token,
@@ -328,12 +418,22 @@ impl AuthServer {
     }
 
     /// A spent code or rotated refresh token came back: the grant is revoked, audited.
-    async fn replayed(&self, mut tx: Tx, grant: &GrantRow, what: &str, request_id: &str) -> Result<(), GrantError> {
+    async fn replayed(
+        &self,
+        mut tx: Tx,
+        grant: &GrantRow,
+        what: &str,
+        request_id: &str,
+    ) -> Result<(), GrantError> {
         rows::delete_grant(&mut tx, &grant.id).await?;
-        let event = Event::new(Kind::ReplayDetected, Actor::System, format!("user:{}", grant.user_id))
-            .outcome(Outcome::Denied)
-            .request_id(request_id.to_owned())
-            .detail(json!({ "grant": grant.id, "replayed": what, "action": "grant revoked" }));
+        let event = Event::new(
+            Kind::ReplayDetected,
+            Actor::System,
+            format!("user:{}", grant.user_id),
+        )
+        .outcome(Outcome::Denied)
+        .request_id(request_id.to_owned())
+        .detail(json!({ "grant": grant.id, "replayed": what, "action": "grant revoked" }));
         audit::append(&mut tx, self.clock.unix_ms(), event).await?;
         tx.commit().await?;
         Ok(())
@@ -341,7 +441,11 @@ impl AuthServer {
 
     /// RFC 7009: an access token ends alone; a refresh token ends its whole grant. A
     /// token that is unknown, or another client's, changes nothing (and says nothing).
-    pub async fn revoke_token(&self, client: &Client, token: &ClientPresented) -> Result<(), GrantError> {
+    pub async fn revoke_token(
+        &self,
+        client: &Client,
+        token: &ClientPresented,
+    ) -> Result<(), GrantError> {
         let hash = sha256(&[token.reveal().as_bytes()]);
         let mut tx = self.db.begin().await?;
         if let Some((grant_id, handle)) = rows::access_grant(&mut tx, &hash).await? {
@@ -349,8 +453,12 @@ impl AuthServer {
                 && grant.agent_id == client.id
             {
                 rows::delete_access(&mut tx, &hash).await?;
-                let event = Event::new(Kind::TokenRevoked, Actor::Agent(client.name.clone()), format!("user:{}", grant.user_id))
-                    .detail(json!({ "grant": grant_id, "access_token": handle }));
+                let event = Event::new(
+                    Kind::TokenRevoked,
+                    Actor::Agent(client.name.clone()),
+                    format!("user:{}", grant.user_id),
+                )
+                .detail(json!({ "grant": grant_id, "access_token": handle }));
                 audit::append(&mut tx, self.clock.unix_ms(), event).await?;
             }
         } else if let Some(grant_id) = rows::refresh_grant(&mut tx, &hash).await?
@@ -358,8 +466,12 @@ impl AuthServer {
             && grant.agent_id == client.id
         {
             rows::delete_grant(&mut tx, &grant_id).await?;
-            let event = Event::new(Kind::GrantRevoked, Actor::Agent(client.name.clone()), format!("user:{}", grant.user_id))
-                .detail(json!({ "grant": grant_id, "reason": "refresh token revoked by the client" }));
+            let event = Event::new(
+                Kind::GrantRevoked,
+                Actor::Agent(client.name.clone()),
+                format!("user:{}", grant.user_id),
+            )
+            .detail(json!({ "grant": grant_id, "reason": "refresh token revoked by the client" }));
             audit::append(&mut tx, self.clock.unix_ms(), event).await?;
         }
         tx.commit().await?;
@@ -378,7 +490,10 @@ mod tests {
         let challenge = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
         assert!(valid_challenge(challenge));
         assert!(pkce_ok(verifier, challenge));
-        assert!(!pkce_ok("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXj", challenge));
+        assert!(!pkce_ok(
+            "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXj",
+            challenge
+        ));
         assert!(!pkce_ok("short", challenge));
         assert!(!valid_challenge("plain-challenge"));
     }

@@ -75,7 +75,11 @@ pub async fn page(
             None => "not connected".to_owned(),
         };
         if status.as_deref() != Some("active") {
-            let scopes = app.tools.get(&o.name).map(|t| t.scopes.clone()).unwrap_or_default();
+            let scopes = app
+                .tools
+                .get(&o.name)
+                .map(|t| t.scopes.clone())
+                .unwrap_or_default();
             match connect.iter_mut().find(|c| c.provider == o.provider) {
                 Some(c) => {
                     for s in scopes {
@@ -107,8 +111,12 @@ pub async fn page(
     let page = ConsentPage {
         agent: pending.client.display.clone(),
         vouched: match pending.client.kind {
-            ClientKind::Secret | ClientKind::KeyJwt(_) => "an agent registered by this service's operators",
-            ClientKind::Public => "an application that registered itself; check that you started this",
+            ClientKind::Secret | ClientKind::KeyJwt(_) => {
+                "an agent registered by this service's operators"
+            }
+            ClientKind::Public => {
+                "an application that registered itself; check that you started this"
+            }
         },
         destination,
         offered,
@@ -120,7 +128,9 @@ pub async fn page(
     };
     let mut resp = page.into_response();
     // Approve and Deny end with a redirect to the client: `form-action` must allow it.
-    resp.headers_mut()
-        .insert(header::CONTENT_SECURITY_POLICY, app.csp_with(&pending.redirect_uri));
+    resp.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        app.csp_with(&pending.redirect_uri),
+    );
     Ok(resp)
 }

@@ -47,12 +47,20 @@ struct McpCaller {
 
 /// The rmcp service for `/mcp`, mounted behind [`authenticate`].
 pub fn service(app: &AppState) -> StreamableHttpService<Handler, NeverSessionManager> {
-    let mut hosts = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    let mut hosts = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
     if let Some(host) = url::Url::parse(&app.config.public_url)
         .ok()
         .and_then(|u| u.host_str().map(str::to_owned))
     {
-        hosts.push(host.trim_start_matches('[').trim_end_matches(']').to_owned());
+        hosts.push(
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+        );
     }
     let config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(false)
@@ -81,10 +89,17 @@ pub async fn authenticate(State(app): State<AppState>, req: Request, next: Next)
             });
             next.run(Request::from_parts(parts, body)).await
         }
-        Err(e @ (Error::AgentUnauthorized | Error::InvalidToken(_) | Error::DelegationInvalid
-        | Error::DelegationExpired | Error::DelegationForeign)) => {
+        Err(
+            e @ (Error::AgentUnauthorized
+            | Error::InvalidToken(_)
+            | Error::DelegationInvalid
+            | Error::DelegationExpired
+            | Error::DelegationForeign),
+        ) => {
             let invalid = matches!(e, Error::AgentUnauthorized) && !has_bearer(&parts);
-            let metadata = app.grants.endpoint("/.well-known/oauth-protected-resource/mcp");
+            let metadata = app
+                .grants
+                .endpoint("/.well-known/oauth-protected-resource/mcp");
             let challenge = if invalid {
                 format!("Bearer resource_metadata=\"{metadata}\"")
             } else {

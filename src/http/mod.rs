@@ -359,9 +359,8 @@ mod tests {
         )
         .unwrap();
         let providers = crate::providers::resolve(&config).unwrap();
-        let csp = content_security_policy(&form_action(
-            providers.values().filter(|p| p.configured),
-        ));
+        let csp =
+            content_security_policy(&form_action(providers.values().filter(|p| p.configured)));
         let csp = csp.to_str().unwrap();
         assert!(
             csp.contains(

@@ -19,7 +19,9 @@ use super::AppState;
 use super::browser::{BrowserSession, SignedIn, require_csrf};
 use crate::clock::rfc3339;
 use crate::error::Error;
-use crate::grants::{Audience, AuthorizeRequest, ClientAuth, GrantError, Pending, Refusal, TokenRequest};
+use crate::grants::{
+    Audience, AuthorizeRequest, ClientAuth, GrantError, Pending, Refusal, TokenRequest,
+};
 use crate::secret::ClientPresented;
 use crate::sessions::Sessions;
 
@@ -120,7 +122,15 @@ pub async fn authorize(
     let Some((token, user_id)) = signed_in else {
         return Ok(super::pages::sign_in_page(&app, Some(authorize_path(&req))));
     };
-    super::consent::page(&app, &pending, &req, &user_id, &Sessions::csrf_token(&token), &authorize_path(&req)).await
+    super::consent::page(
+        &app,
+        &pending,
+        &req,
+        &user_id,
+        &Sessions::csrf_token(&token),
+        &authorize_path(&req),
+    )
+    .await
 }
 
 /// The consent page's form: the authorization request, the CSRF token and the decision.
@@ -150,22 +160,38 @@ pub async fn decide(
     let request_id = super::observe::request_id_of(&extensions);
     let state = pending.state.as_deref();
     let to = if form.decision.as_deref() == Some("approve") {
-        match app.grants.approve(&app.policies, &pending, &me.user_id, &request_id).await {
-            Ok(code) => app.grants.redirect(&pending.redirect_uri, state, &[("code", &code)]),
+        match app
+            .grants
+            .approve(&app.policies, &pending, &me.user_id, &request_id)
+            .await
+        {
+            Ok(code) => app
+                .grants
+                .redirect(&pending.redirect_uri, state, &[("code", &code)]),
             Err(GrantError::AccessDenied) => app.grants.redirect(
                 &pending.redirect_uri,
                 state,
-                &[("error", "access_denied"), ("error_description", "policy allows nothing that was asked for")],
+                &[
+                    ("error", "access_denied"),
+                    (
+                        "error_description",
+                        "policy allows nothing that was asked for",
+                    ),
+                ],
             ),
             Err(e) => return Err(Error::Grant(e)),
         }
     } else {
         app.grants.deny(&pending, &me.user_id, &request_id).await?;
-        app.grants.redirect(&pending.redirect_uri, state, &[("error", "access_denied")])
+        app.grants
+            .redirect(&pending.redirect_uri, state, &[("error", "access_denied")])
     };
     let mut resp = see_other(&to);
     // The redirect leaves this origin after a form submission: `form-action` must allow it.
-    resp.headers_mut().insert(header::CONTENT_SECURITY_POLICY, app.csp_with(&pending.redirect_uri));
+    resp.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        app.csp_with(&pending.redirect_uri),
+    );
     Ok(resp)
 }
 
@@ -173,7 +199,10 @@ pub async fn decide(
 fn oauth_error(e: &GrantError, basic: bool) -> Response {
     let status = match e {
         GrantError::InvalidClient(_) => StatusCode::UNAUTHORIZED,
-        GrantError::Database(_) | GrantError::Agents(_) | GrantError::Crypto(_) | GrantError::Policy(_) => {
+        GrantError::Database(_)
+        | GrantError::Agents(_)
+        | GrantError::Crypto(_)
+        | GrantError::Policy(_) => {
             tracing::error!(error = %e, "token endpoint failed");
             StatusCode::INTERNAL_SERVER_ERROR
         }
@@ -184,20 +213,33 @@ fn oauth_error(e: &GrantError, basic: bool) -> Response {
     } else {
         e.to_string()
     };
-    let mut resp = (status, Json(json!({ "error": e.code(), "error_description": description }))).into_response();
+    let mut resp = (
+        status,
+        Json(json!({ "error": e.code(), "error_description": description })),
+    )
+        .into_response();
     if basic && status == StatusCode::UNAUTHORIZED {
-        resp.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"strongbox\""));
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"strongbox\""),
+        );
     }
     resp
 }
 
 /// A form body as name/value pairs (each name once).
-fn form_fields(body: &Bytes) -> Result<std::collections::HashMap<String, zeroize::Zeroizing<String>>, GrantError> {
+fn form_fields(
+    body: &Bytes,
+) -> Result<std::collections::HashMap<String, zeroize::Zeroizing<String>>, GrantError> {
     let mut out = std::collections::HashMap::new();
     for (k, v) in url::form_urlencoded::parse(body) {
-        if out.insert(k.into_owned(), zeroize::Zeroizing::new(v.into_owned())).is_some() {
-            return Err(GrantError::InvalidRequest("a parameter was sent twice".into()));
+        if out
+            .insert(k.into_owned(), zeroize::Zeroizing::new(v.into_owned()))
+            .is_some()
+        {
+            return Err(GrantError::InvalidRequest(
+                "a parameter was sent twice".into(),
+            ));
         }
     }
     Ok(out)
@@ -217,23 +259,46 @@ fn client_auth(
         .map(|(_, b)| b.trim().to_owned());
     if let Some(b64) = basic {
         let bad = || GrantError::InvalidClient("malformed Basic credentials".into());
-        let raw = zeroize::Zeroizing::new(base64::engine::general_purpose::STANDARD.decode(b64).map_err(|_| bad())?);
+        let raw = zeroize::Zeroizing::new(
+            base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|_| bad())?,
+        );
         let text = std::str::from_utf8(&raw).map_err(|_| bad())?;
         let (id, secret) = text.split_once(':').ok_or_else(bad)?;
-        let decode = |s: &str| url::form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned());
+        let decode = |s: &str| {
+            url::form_urlencoded::parse(format!("x={s}").as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned())
+        };
         let id = decode(id).ok_or_else(bad)?;
         let secret = ClientPresented::new(decode(secret).ok_or_else(bad)?);
         return Ok((ClientAuth::Secret { id, secret }, true));
     }
     if let Some(assertion) = field("client_assertion") {
         if field("client_assertion_type").as_deref() != Some(crate::grants::JWT_BEARER) {
-            return Err(GrantError::InvalidClient("unsupported client_assertion_type".into()));
+            return Err(GrantError::InvalidClient(
+                "unsupported client_assertion_type".into(),
+            ));
         }
-        return Ok((ClientAuth::Assertion { id: field("client_id"), assertion: ClientPresented::new(assertion) }, false));
+        return Ok((
+            ClientAuth::Assertion {
+                id: field("client_id"),
+                assertion: ClientPresented::new(assertion),
+            },
+            false,
+        ));
     }
-    let id = field("client_id").ok_or_else(|| GrantError::InvalidClient("client authentication is required".into()))?;
+    let id = field("client_id")
+        .ok_or_else(|| GrantError::InvalidClient("client authentication is required".into()))?;
     Ok(match field("client_secret") {
-        Some(secret) => (ClientAuth::Secret { id, secret: ClientPresented::new(secret) }, false),
+        Some(secret) => (
+            ClientAuth::Secret {
+                id,
+                secret: ClientPresented::new(secret),
+            },
+            false,
+        ),
         None => (ClientAuth::None { id }, false),
     })
 }
@@ -278,7 +343,10 @@ pub async fn token(State(app): State<AppState>, req: axum::extract::Request) -> 
         Ok(c) => c,
         Err(resp) => return resp,
     };
-    let take = |k: &str| form.get(k).map(|v| ClientPresented::new(v.as_str().to_owned()));
+    let take = |k: &str| {
+        form.get(k)
+            .map(|v| ClientPresented::new(v.as_str().to_owned()))
+    };
     let text = |k: &str| form.get(k).map(|v| v.as_str().to_owned());
     let request = TokenRequest {
         grant_type: text("grant_type").unwrap_or_default(),
@@ -303,8 +371,12 @@ pub async fn token(State(app): State<AppState>, req: axum::extract::Request) -> 
                 .to_string(),
             );
             let mut resp = (StatusCode::OK, body.to_string()).into_response();
-            resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            resp.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            resp.headers_mut()
+                .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
             resp
         }
         Err(e) => oauth_error(&e, false),
@@ -325,8 +397,14 @@ pub async fn revoke(State(app): State<AppState>, req: axum::extract::Request) ->
         Ok(c) => c,
         Err(resp) => return resp,
     };
-    let Some(token) = form.get("token").map(|t| ClientPresented::new(t.as_str().to_owned())) else {
-        return oauth_error(&GrantError::InvalidRequest("token is required".into()), false);
+    let Some(token) = form
+        .get("token")
+        .map(|t| ClientPresented::new(t.as_str().to_owned()))
+    else {
+        return oauth_error(
+            &GrantError::InvalidRequest("token is required".into()),
+            false,
+        );
     };
     match app.grants.revoke_token(&client, &token).await {
         Ok(()) => StatusCode::OK.into_response(),
@@ -340,7 +418,9 @@ pub async fn register(State(app): State<AppState>, body: Bytes) -> Response {
         Ok(r) => r,
         Err(_) => {
             return oauth_error(
-                &GrantError::InvalidClientMetadata("the body is not a JSON registration request".into()),
+                &GrantError::InvalidClientMetadata(
+                    "the body is not a JSON registration request".into(),
+                ),
                 false,
             );
         }

@@ -371,6 +371,7 @@ mod tests {
     fn sign_in_page_escapes_provider_names() {
         let html = SignInPage {
             providers: vec![("acme".to_owned(), "Acme \"<script>".to_owned())],
+            return_to: None,
         }
         .render()
         .unwrap();
@@ -386,10 +387,31 @@ mod tests {
         );
         assert!(!html.contains("No sign-in provider"), "{html}");
         framed(&html);
-        let none = SignInPage { providers: vec![] }.render().unwrap();
+        let none = SignInPage {
+            providers: vec![],
+            return_to: None,
+        }
+        .render()
+        .unwrap();
         assert!(
             none.contains("<li>No sign-in provider is configured.</li>"),
             "{none}"
+        );
+    }
+
+    #[test]
+    fn sign_in_links_carry_the_way_back_encoded() {
+        let html = SignInPage {
+            providers: vec![("acme".to_owned(), "Acme".to_owned())],
+            return_to: Some("/oauth2/authorize?client_id=a&state=\"x\"".to_owned()),
+        }
+        .render()
+        .unwrap();
+        assert!(
+            html.contains(
+                "href=\"/login/acme?return_to=%2Foauth2%2Fauthorize%3Fclient_id%3Da%26state%3D%22x%22\""
+            ),
+            "{html}"
         );
     }
 
@@ -410,6 +432,13 @@ mod tests {
                 scopes: "openid,\"x\"".to_owned(),
             }],
             sessions: vec![],
+            grants: vec![super::GrantRow {
+                id: "g/1".to_owned(),
+                agent: "<b>bot</b>".to_owned(),
+                access: "tool:x".to_owned(),
+                created: "then".to_owned(),
+                last_used: "never".to_owned(),
+            }],
             csrf: "c\"srf".to_owned(),
         }
         .render()
@@ -424,7 +453,12 @@ mod tests {
         ] {
             assert!(html.contains(shown), "{shown} not in {html}");
         }
-        assert_eq!(html.matches("value=\"c&#34;srf\"").count(), 3, "{html}");
+        assert!(
+            html.contains("<td>&#60;b&#62;bot&#60;/b&#62;</td><td>tool:x</td>"),
+            "{html}"
+        );
+        assert!(html.contains("action=\"/grants/g%2F1/revoke\""), "{html}");
+        assert_eq!(html.matches("value=\"c&#34;srf\"").count(), 4, "{html}");
         for raw in ["<i>", "<img", "c\"srf", "Acme'"] {
             assert!(!html.contains(raw), "{raw} in {html}");
         }

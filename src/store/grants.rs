@@ -59,13 +59,15 @@ pub async fn client_by_name<'e, E>(e: E, name: &str) -> Result<Option<ClientRow>
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
-    sqlx::query(&format!("SELECT {CLIENT_COLUMNS} FROM agent WHERE name = $1"))
-        .bind(name)
-        .fetch_optional(e)
-        .await?
-        .as_ref()
-        .map(client_row)
-        .transpose()
+    sqlx::query(&format!(
+        "SELECT {CLIENT_COLUMNS} FROM agent WHERE name = $1"
+    ))
+    .bind(name)
+    .fetch_optional(e)
+    .await?
+    .as_ref()
+    .map(client_row)
+    .transpose()
 }
 
 pub async fn client_by_id<'e, E>(e: E, id: &str) -> Result<Option<ClientRow>, sqlx::Error>
@@ -133,8 +135,7 @@ pub struct GrantRow {
     pub last_used_at: Option<i64>,
 }
 
-const GRANT_COLUMNS: &str =
-    "g.id, g.agent_id, g.user_id, g.tools, g.providers, g.resource, g.created_at, \
+const GRANT_COLUMNS: &str = "g.id, g.agent_id, g.user_id, g.tools, g.providers, g.resource, g.created_at, \
      g.expires_at, g.last_used_at";
 
 fn grant_row(r: &sqlx::any::AnyRow) -> Result<GrantRow, sqlx::Error> {
@@ -188,13 +189,15 @@ where
 }
 
 pub async fn grant_by_id(conn: &mut Conn, id: &str) -> Result<Option<GrantRow>, sqlx::Error> {
-    sqlx::query(&format!("SELECT {GRANT_COLUMNS} FROM agent_grant g WHERE g.id = $1"))
-        .bind(id)
-        .fetch_optional(conn)
-        .await?
-        .as_ref()
-        .map(grant_row)
-        .transpose()
+    sqlx::query(&format!(
+        "SELECT {GRANT_COLUMNS} FROM agent_grant g WHERE g.id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await?
+    .as_ref()
+    .map(grant_row)
+    .transpose()
 }
 
 /// Deletes a grant, and with it its codes and tokens; `false` if there was none.
@@ -287,13 +290,14 @@ pub async fn use_code(
     hash: &[u8],
     now: i64,
 ) -> Result<Option<(CodeRow, bool)>, sqlx::Error> {
-    let first = sqlx::query("UPDATE oauth_code SET used_at = $1 WHERE code_hash = $2 AND used_at IS NULL")
-        .bind(now)
-        .bind(hash)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected()
-        > 0;
+    let first =
+        sqlx::query("UPDATE oauth_code SET used_at = $1 WHERE code_hash = $2 AND used_at IS NULL")
+            .bind(now)
+            .bind(hash)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected()
+            > 0;
     let row = sqlx::query(
         "SELECT grant_id, redirect_uri, code_challenge, expires_at, used_at FROM oauth_code \
          WHERE code_hash = $1",

@@ -30,14 +30,14 @@ use crate::support::Site;
 const START: i64 = 1_900_000_000;
 
 #[derive(Default)]
-struct Idp {
+pub(crate) struct Idp {
     /// code -> scope
     codes: HashMap<String, String>,
     /// access token -> subject
     access: HashMap<String, String>,
     /// refresh tokens still valid
     refresh: Vec<String>,
-    issued: Vec<String>,
+    pub(crate) issued: Vec<String>,
     /// Paths (with query) the API saw.
     api_paths: Vec<String>,
     /// Refresh responses omit the refresh token (the "keep the old one" quirk).
@@ -53,7 +53,7 @@ struct Idp {
     hold: Option<Arc<(tokio::sync::Barrier, tokio::sync::Barrier)>>,
 }
 
-type Shared = Arc<(Mutex<Idp>, AtomicUsize)>;
+pub(crate) type Shared = Arc<(Mutex<Idp>, AtomicUsize)>;
 
 fn fresh(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
@@ -173,7 +173,7 @@ async fn api(State(s): State<Shared>, headers: HeaderMap, req: axum::extract::Re
     axum::Json(json!({"path": path, "items": [1, 2, 3]})).into_response()
 }
 
-async fn start_idp() -> (String, Shared) {
+pub(crate) async fn start_idp() -> (String, Shared) {
     let shared: Shared = Arc::new((Mutex::new(Idp::default()), AtomicUsize::new(0)));
     let app = axum::Router::new()
         .route("/authorize", get(authorize))
@@ -464,4 +464,4 @@ macro_rules! on_both {
         }
     };
 }
-use on_both;
+pub(crate) use on_both;

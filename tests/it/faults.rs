@@ -60,7 +60,11 @@ async fn release_grant(state: &strongbox::AppState, vault: &Vault, db: &Db) -> (
         .await
         .unwrap();
     tx.commit().await.unwrap();
-    let (agent, secret) = state.agents.add("loader", &Default::default(), Actor::Cli).await.unwrap();
+    let (agent, secret) = state
+        .agents
+        .add("loader", &Default::default(), Actor::Cli)
+        .await
+        .unwrap();
     let secret = secret.unwrap();
     let grant = Grant {
         agent: "loader".into(),

@@ -15,6 +15,7 @@ mod browser;
 mod cli;
 mod connect;
 mod faults;
+mod grants;
 mod kat;
 mod leak;
 mod limits;
