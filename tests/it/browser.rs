@@ -251,11 +251,20 @@ async fn pages_in_headless_chromium() {
     }
 
     let (provider_base, provider) = start_provider().await;
+    let site = Site::new(Engine::Sqlite).await.unwrap();
+    let policies = site.path().join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::write(
+        policies.join("bot.cedar"),
+        "permit(principal == Agent::\"bot\", action == Action::\"run_tool\", resource)\n  \
+         when { resource.provider == Provider::\"tools\" };\n",
+    )
+    .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let base = format!("http://{addr}");
     let config = strongbox::config::Config::from_toml(&format!(
-        "public_url = \"{base}\"\n\
+        "public_url = \"{base}\"\npolicies_dir = \"{policies}\"\n\
          [providers.acme]\nkind = \"oauth2\"\nclient_id = \"cid\"\nclient_secret = \"csecret\"\nlogin = true\n\
          display_name = \"Acme\"\n\
          authorize_url = \"{provider_base}/authorize\"\ntoken_url = \"{provider_base}/token\"\n\
@@ -265,10 +274,14 @@ async fn pages_in_headless_chromium() {
          display_name = \"Tools\"\n\
          authorize_url = \"{provider_base}/authorize\"\ntoken_url = \"{provider_base}/token\"\n\
          userinfo_url = \"{provider_base}/userinfo\"\nrevocation_url = \"{provider_base}/revoke\"\n\
-         scopes = [\"files.read\"]\n"
+         scopes = [\"files.read\"]\n\
+         [tools.\"tools.list\"]\nprovider = \"tools\"\nmethod = \"GET\"\nurl = \"{provider_base}/api/files\"\n\
+         scopes = [\"files.read\"]\ndescription = \"Lists your files\"\n\
+         [tools.\"acme.secret\"]\nprovider = \"acme\"\nmethod = \"GET\"\nurl = \"{provider_base}/api/secret\"\n\
+         scopes = [\"email\"]\n",
+        policies = policies.display()
     ))
     .unwrap();
-    let site = Site::new(Engine::Sqlite).await.unwrap();
     site.ok(&["keys", "init"]);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let state =
@@ -332,6 +345,8 @@ async fn pages_in_headless_chromium() {
     assert!(page.contains("<td>acme</td>"), "{page}");
     assert_eq!(provider.lock().unwrap().revoked.len(), before + 1);
 
+    consent_in_chromium(&d, &site, &base).await;
+
     // Sign out: back to the sign-in page, and the old session is gone.
     // The form post's navigation may still be under way when the click returns: wait for
     // its answer before loading the page again, or the load could cancel the post.
@@ -342,4 +357,55 @@ async fn pages_in_headless_chromium() {
 
     d.call("DELETE", "", None).await;
     server.abort();
+}
+
+/// An agent asks for access: the consent page in the browser, Deny and then Approve, each
+/// ending at the agent's redirect URI; the grant is then on the account page.
+async fn consent_in_chromium(d: &Driver, site: &Site, base: &str) {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let record = Arc::clone(&seen);
+    let app = axum::Router::new().route(
+        "/cb",
+        axum::routing::get(move |uri: axum::http::Uri| async move {
+            record.lock().unwrap().push(uri.query().unwrap_or_default().to_owned());
+            "The agent has your answer."
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let redirect = format!("http://{}/cb", listener.local_addr().unwrap());
+    let agent = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    site.ok(&["agents", "add", "bot", "--redirect-uri", &redirect]);
+    let ask = format!(
+        "{base}/oauth2/authorize?response_type=code&client_id=bot&redirect_uri={}\
+         &scope=tool%3Atools.list%20tool%3Aacme.secret&state=xyz\
+         &code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM&code_challenge_method=S256",
+        url::form_urlencoded::byte_serialize(redirect.as_bytes()).collect::<String>()
+    );
+    for decision in ["deny", "approve"] {
+        d.go(&ask).await;
+        let page = d.wait_for("<h1>Allow bot to act for you?</h1>").await;
+        assert_eq!(d.title().await, "Allow bot? · Strongbox");
+        assert!(page.contains("Lists your files"), "{page}");
+        assert!(page.contains("policy does not let bot run acme.secret"), "{page}");
+        if decision == "approve" {
+            let shot = screenshot_path().with_file_name("consent.png");
+            d.screenshot(&shot).await;
+            eprintln!("screenshot: {}", shot.display());
+        }
+        d.click(&format!("button[value={decision}]")).await;
+        d.wait_for("The agent has your answer.").await;
+        let query = seen.lock().unwrap().last().cloned().unwrap();
+        let answer: std::collections::HashMap<String, String> =
+            url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+        assert_eq!(answer["state"], "xyz", "{query}");
+        assert_eq!(answer["iss"], base, "{query}");
+        match decision {
+            "deny" => assert_eq!(answer["error"], "access_denied", "{query}"),
+            _ => assert!(answer["code"].starts_with("sbx_code_"), "{query}"),
+        }
+    }
+    d.go(&format!("{base}/")).await;
+    let page = d.wait_for("Apps with access").await;
+    assert!(page.contains("<td>bot</td><td>tool:tools.list</td>"), "{page}");
+    agent.abort();
 }
