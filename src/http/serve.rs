@@ -49,7 +49,8 @@ pub async fn run(config: Config) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Every ten minutes: delete sessions past their timeouts and expired sign-in flows.
+/// Every ten minutes: delete sessions past their timeouts, expired sign-in flows,
+/// delegations, grants (with their tokens), codes and assertion ids.
 async fn housekeeping(app: AppState) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(600));
     loop {
@@ -62,6 +63,9 @@ async fn housekeeping(app: AppState) {
         }
         if let Err(e) = app.agents.purge().await {
             tracing::warn!(error = %e, "purging expired delegations failed");
+        }
+        if let Err(e) = app.grants.purge().await {
+            tracing::warn!(error = %e, "purging expired grants, codes and assertion ids failed");
         }
     }
 }

@@ -367,7 +367,10 @@ async fn consent_in_chromium(d: &Driver, site: &Site, base: &str) {
     let app = axum::Router::new().route(
         "/cb",
         axum::routing::get(move |uri: axum::http::Uri| async move {
-            record.lock().unwrap().push(uri.query().unwrap_or_default().to_owned());
+            record
+                .lock()
+                .unwrap()
+                .push(uri.query().unwrap_or_default().to_owned());
             "The agent has your answer."
         }),
     );
@@ -386,7 +389,10 @@ async fn consent_in_chromium(d: &Driver, site: &Site, base: &str) {
         let page = d.wait_for("<h1>Allow bot to act for you?</h1>").await;
         assert_eq!(d.title().await, "Allow bot? · Strongbox");
         assert!(page.contains("Lists your files"), "{page}");
-        assert!(page.contains("policy does not let bot run acme.secret"), "{page}");
+        assert!(
+            page.contains("policy does not let bot run acme.secret"),
+            "{page}"
+        );
         if decision == "approve" {
             let shot = screenshot_path().with_file_name("consent.png");
             d.screenshot(&shot).await;
@@ -396,7 +402,9 @@ async fn consent_in_chromium(d: &Driver, site: &Site, base: &str) {
         d.wait_for("The agent has your answer.").await;
         let query = seen.lock().unwrap().last().cloned().unwrap();
         let answer: std::collections::HashMap<String, String> =
-            url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+            url::form_urlencoded::parse(query.as_bytes())
+                .into_owned()
+                .collect();
         assert_eq!(answer["state"], "xyz", "{query}");
         assert_eq!(answer["iss"], base, "{query}");
         match decision {
@@ -406,6 +414,9 @@ async fn consent_in_chromium(d: &Driver, site: &Site, base: &str) {
     }
     d.go(&format!("{base}/")).await;
     let page = d.wait_for("Apps with access").await;
-    assert!(page.contains("<td>bot</td><td>tool:tools.list</td>"), "{page}");
+    assert!(
+        page.contains("<td>bot</td><td>tool:tools.list</td>"),
+        "{page}"
+    );
     agent.abort();
 }

@@ -6,6 +6,7 @@
 //! bare `/mcp` URL.
 
 mod attacks;
+mod cimd;
 mod flow;
 mod jwt;
 mod mcp;
