@@ -1,5 +1,6 @@
 //! Every route of the service as data: method, path, summary, who may call it, the
-//! request and response schemas, and the error codes it answers.
+//! request and response schemas, and the error codes it answers. The authorization
+//! server's routes and `/mcp` are in `authz.rs`.
 
 use serde_json::{Value, json};
 
@@ -8,29 +9,45 @@ pub(super) fn problem() -> Value {
     json!({"$ref": "#/components/schemas/Problem"})
 }
 
+/// RFC 6749 §5.2 / RFC 7591 §3.2.2 error (`{"error", "error_description"}`).
+pub(super) fn oauth_error() -> Value {
+    json!({"$ref": "#/components/schemas/OAuthError"})
+}
+
 pub(super) fn obj(props: Value, required: &[&str]) -> Value {
     json!({"type": "object", "properties": props, "required": required})
 }
 
-fn strings() -> Value {
+pub(super) fn strings() -> Value {
     json!({"type": "array", "items": {"type": "string"}})
 }
 
 /// One operation: summary, who may call it, body schema, success response, error codes.
+/// `Default` only so that an operation may leave out the rarely used fields
+/// (`..Op::default()`).
+#[derive(Default)]
 pub(super) struct Op {
     pub(super) method: &'static str,
     pub(super) path: &'static str,
     pub(super) summary: &'static str,
-    pub(super) auth: &'static [&'static str],
+    /// Alternative ways to authenticate, each the security schemes it needs together.
+    pub(super) auth: &'static [&'static [&'static str]],
     pub(super) body: Option<Value>,
     pub(super) ok: (u16, &'static str, Option<Value>),
+    /// Answered as problem documents.
     pub(super) errors: &'static [(u16, &'static str)],
+    /// Answered as RFC 6749 §5.2 / RFC 7591 §3.2.2 JSON, which OAuth clients parse.
+    pub(super) oauth_errors: &'static [(u16, &'static str)],
+    /// Other answers, described in words: redirects, pages, another library's answers,
+    /// or a header that comes with an error above.
+    pub(super) also: &'static [(u16, &'static str)],
 }
 
-const COOKIE: &[&str] = &["session"];
-const COOKIE_CSRF: &[&str] = &["session", "csrf"];
-const AGENT: &[&str] = &["agent", "delegation"];
-const PUBLIC: &[&str] = &[];
+pub(super) const COOKIE: &[&[&str]] = &[&["session"]];
+pub(super) const COOKIE_CSRF: &[&[&str]] = &[&["session", "csrf"]];
+/// The agent secret with a delegation, or an access token from `/oauth2/token` alone.
+pub(super) const AGENT: &[&[&str]] = &[&["agent", "delegation"], &["access_token"]];
+pub(super) const PUBLIC: &[&[&str]] = &[];
 
 pub(super) fn ops() -> Vec<Op> {
     let connection = obj(
@@ -57,7 +74,7 @@ pub(super) fn ops() -> Vec<Op> {
         json!({"seq": {"type": "integer"}, "at": {"type": "string", "format": "date-time"},
             "at_ms": {"type": "integer"}, "kind": {"type": "string"}, "actor": {"type": "string"},
             "subject": {"type": "string"}, "outcome": {"type": "string"},
-            "request_id": {"type": "string"}, "detail": {}, "hash": {"type": "string"}}),
+            "request_id": {"type": "string"}, "detail": {"type": ["object", "array", "string", "number", "boolean", "null"]}, "hash": {"type": "string"}}),
         &[
             "seq", "at", "kind", "actor", "subject", "outcome", "detail", "hash",
         ],
@@ -81,6 +98,7 @@ pub(super) fn ops() -> Vec<Op> {
             body: None,
             ok: html,
             errors: &[],
+            ..Op::default()
         },
         Op {
             method: "get",
@@ -90,6 +108,7 @@ pub(super) fn ops() -> Vec<Op> {
             body: None,
             ok: (200, "CSS", None),
             errors: &[],
+            ..Op::default()
         },
         Op {
             method: "get",
@@ -103,6 +122,7 @@ pub(super) fn ops() -> Vec<Op> {
                 (429, "rate_limited"),
                 (502, "provider_error"),
             ],
+            ..Op::default()
         },
         Op {
             method: "get",
@@ -119,6 +139,7 @@ pub(super) fn ops() -> Vec<Op> {
                 (429, "rate_limited"),
                 (502, "provider_error"),
             ],
+            ..Op::default()
         },
         Op {
             method: "post",
@@ -136,6 +157,7 @@ pub(super) fn ops() -> Vec<Op> {
                 (429, "rate_limited"),
                 (502, "provider_error"),
             ],
+            ..Op::default()
         },
         Op {
             method: "get",
@@ -151,6 +173,7 @@ pub(super) fn ops() -> Vec<Op> {
                 (429, "rate_limited"),
                 (502, "provider_error"),
             ],
+            ..Op::default()
         },
         Op {
             method: "post",
@@ -160,6 +183,7 @@ pub(super) fn ops() -> Vec<Op> {
             body: None,
             ok: redirect.clone(),
             errors: &[(401, "unauthorized"), (403, "csrf_failed")],
+            ..Op::default()
         },
         Op {
             method: "get",
@@ -176,6 +200,7 @@ pub(super) fn ops() -> Vec<Op> {
                 )),
             ),
             errors: &[(401, "unauthorized")],
+            ..Op::default()
         },
         Op {
             method: "get",
@@ -192,6 +217,7 @@ pub(super) fn ops() -> Vec<Op> {
                 )),
             ),
             errors: &[(401, "unauthorized")],
+            ..Op::default()
         },
         Op {
             method: "delete",
@@ -213,6 +239,7 @@ pub(super) fn ops() -> Vec<Op> {
                 (404, "not_found"),
                 (503, "provider_unavailable"),
             ],
+            ..Op::default()
         },
         Op {
             method: "post",
@@ -222,6 +249,7 @@ pub(super) fn ops() -> Vec<Op> {
             body: Some(json!({"csrf_token": {"type": "string"}})),
             ok: redirect.clone(),
             errors: &[(401, "unauthorized"), (403, "csrf_failed")],
+            ..Op::default()
         },
         Op {
             method: "get",
@@ -238,6 +266,7 @@ pub(super) fn ops() -> Vec<Op> {
                 )),
             ),
             errors: &[(401, "unauthorized")],
+            ..Op::default()
         },
         Op {
             method: "delete",
@@ -247,6 +276,7 @@ pub(super) fn ops() -> Vec<Op> {
             body: None,
             ok: (204, "Signed out everywhere", None),
             errors: &[(401, "unauthorized"), (403, "csrf_failed")],
+            ..Op::default()
         },
         Op {
             method: "post",
@@ -256,6 +286,7 @@ pub(super) fn ops() -> Vec<Op> {
             body: Some(json!({"csrf_token": {"type": "string"}})),
             ok: redirect,
             errors: &[(401, "unauthorized"), (403, "csrf_failed")],
+            ..Op::default()
         },
         Op {
             method: "post",
@@ -280,11 +311,12 @@ pub(super) fn ops() -> Vec<Op> {
                 (403, "csrf_failed"),
                 (422, "invalid_argument"),
             ],
+            ..Op::default()
         },
         Op {
             method: "get",
             path: "/v1/tools",
-            summary: "The tools the caller's delegation covers, with descriptions and argument schemas",
+            summary: "The tools the caller's delegation or access token covers, with descriptions and argument schemas",
             auth: AGENT,
             body: None,
             ok: (
@@ -308,10 +340,12 @@ pub(super) fn ops() -> Vec<Op> {
                 (401, "unauthorized"),
                 (401, "delegation_invalid"),
                 (401, "delegation_expired"),
+                (401, "invalid_token"),
                 (403, "delegation_invalid"),
                 (429, "rate_limited"),
                 (503, "database_unavailable"),
             ],
+            ..Op::default()
         },
         Op {
             method: "post",
@@ -335,6 +369,7 @@ pub(super) fn ops() -> Vec<Op> {
                 (401, "unauthorized"),
                 (401, "delegation_invalid"),
                 (401, "delegation_expired"),
+                (401, "invalid_token"),
                 (403, "delegation_invalid"),
                 (403, "tool_not_delegated"),
                 (403, "policy_denied"),
@@ -349,6 +384,7 @@ pub(super) fn ops() -> Vec<Op> {
                 (503, "credential_changed"),
                 (503, "database_unavailable"),
             ],
+            ..Op::default()
         },
         Op {
             method: "post",
@@ -369,6 +405,7 @@ pub(super) fn ops() -> Vec<Op> {
                 (401, "unauthorized"),
                 (401, "delegation_invalid"),
                 (401, "delegation_expired"),
+                (401, "invalid_token"),
                 (403, "delegation_invalid"),
                 (403, "provider_not_delegated"),
                 (403, "policy_denied"),
@@ -381,6 +418,7 @@ pub(super) fn ops() -> Vec<Op> {
                 (503, "credential_changed"),
                 (503, "database_unavailable"),
             ],
+            ..Op::default()
         },
         Op {
             method: "get",
@@ -390,6 +428,7 @@ pub(super) fn ops() -> Vec<Op> {
             body: None,
             ok: (200, "Keys", Some(keys)),
             errors: &[(401, "unauthorized"), (403, "forbidden")],
+            ..Op::default()
         },
         Op {
             method: "post",
@@ -407,6 +446,7 @@ pub(super) fn ops() -> Vec<Op> {
                 (403, "forbidden"),
                 (403, "csrf_failed"),
             ],
+            ..Op::default()
         },
         Op {
             method: "post",
@@ -424,6 +464,7 @@ pub(super) fn ops() -> Vec<Op> {
                 (403, "forbidden"),
                 (403, "csrf_failed"),
             ],
+            ..Op::default()
         },
         Op {
             method: "get",
@@ -444,6 +485,7 @@ pub(super) fn ops() -> Vec<Op> {
                 (401, "unauthorized"),
                 (403, "forbidden"),
             ],
+            ..Op::default()
         },
         Op {
             method: "post",
@@ -464,6 +506,7 @@ pub(super) fn ops() -> Vec<Op> {
                 (403, "forbidden"),
                 (403, "csrf_failed"),
             ],
+            ..Op::default()
         },
         Op {
             method: "get",
@@ -473,6 +516,7 @@ pub(super) fn ops() -> Vec<Op> {
             body: None,
             ok: (200, "Up", None),
             errors: &[],
+            ..Op::default()
         },
         Op {
             method: "get",
@@ -482,6 +526,7 @@ pub(super) fn ops() -> Vec<Op> {
             body: None,
             ok: (200, "Ready", None),
             errors: &[(503, "not_ready")],
+            ..Op::default()
         },
         Op {
             method: "get",
@@ -491,6 +536,7 @@ pub(super) fn ops() -> Vec<Op> {
             body: None,
             ok: (200, "Metrics", None),
             errors: &[],
+            ..Op::default()
         },
         Op {
             method: "get",
@@ -500,6 +546,7 @@ pub(super) fn ops() -> Vec<Op> {
             body: None,
             ok: (200, "OpenAPI 3.1", None),
             errors: &[],
+            ..Op::default()
         },
     ]
 }
