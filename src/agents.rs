@@ -92,6 +92,8 @@ pub struct Delegation {
 }
 
 /// The outcome of checking an agent request's credentials (see [`Agents::resolve`]).
+// `Accepted` is the common case: boxing it would allocate on every agent request.
+#[allow(clippy::large_enum_variant)]
 pub enum Resolution {
     /// No agent has this secret.
     Unauthenticated,

@@ -352,7 +352,7 @@ impl AuthServer {
         let client_id = req.client_id.as_deref().unwrap_or_default();
         let client = self.client(client_id).await.map_err(Refusal::Page)?;
         let redirect_uri = req.redirect_uri.clone().unwrap_or_default();
-        if !client.redirect_uris.iter().any(|r| *r == redirect_uri) {
+        if !client.redirect_uris.contains(&redirect_uri) {
             return Err(Refusal::Page(GrantError::InvalidRequest(
                 "the redirect_uri is not registered for this client".into(),
             )));

@@ -143,10 +143,10 @@ impl Web {
             .http
             .request(method.parse().unwrap(), &url)
             .header("accept", "text/html");
-        if url.starts_with(&self.base) {
-            if let Some(c) = self.cookie.lock().unwrap().clone() {
-                req = req.header("cookie", format!("strongbox={c}"));
-            }
+        if url.starts_with(&self.base)
+            && let Some(c) = self.cookie.lock().unwrap().clone()
+        {
+            req = req.header("cookie", format!("strongbox={c}"));
         }
         if let Some(form) = form {
             let body = url::form_urlencoded::Serializer::new(String::new())
