@@ -1,17 +1,13 @@
-//! A local OAuth 2.0 + OpenID Connect provider for trying Strongbox offline, without a
-//! Google or Spotify account. Run `cargo run --example dev_provider`, then
-//! `cargo run -- --config examples/dev.toml serve`, and open http://127.0.0.1:8080.
-//!
-//! One confidential client, `strongbox-dev` / `dev-secret`, whose redirect URIs are
-//! `http://127.0.0.1:PORT/oauth/callback/NAME` (or `localhost`). Authorization code with
-//! PKCE S256 only. ID tokens are ES256, signed by a P-256 key made at start and published
-//! at `/jwks`. Refresh tokens rotate, and a replayed (already rotated) refresh token
-//! revokes its whole grant. A toy API for Strongbox tools: `GET /api/me` (scope `profile`)
-//! and `GET /api/notes/{id}` (scope `notes.read`). Everything is in memory and gone on
-//! restart. Tokens and codes are never logged. Development only: any name signs in.
-//! `DEV_PROVIDER_ADDR` (an ip:port, default `127.0.0.1:9000`) moves it, the issuer with it;
-//! `DEV_PROVIDER_TOKEN_TTL` (seconds, default 3600) shortens access tokens to watch
-//! Strongbox refresh them (it refreshes ahead when less than 5 minutes are left).
+//! A local OAuth 2.0 + OpenID Connect provider for trying Strongbox offline, with no Google
+//! or Spotify account: `cargo run --example dev_provider`, then `cargo run -- --config
+//! examples/dev.toml serve`, and open http://127.0.0.1:8080. Development only: any name
+//! signs in. One confidential client, `strongbox-dev` / `dev-secret`, redirecting to
+//! `http://127.0.0.1:PORT/oauth/callback/NAME` (or `localhost`); authorization code with
+//! PKCE S256; ES256 ID tokens signed by a P-256 key made at start (`/jwks`); rotating
+//! refresh tokens (a replayed one revokes its grant); a toy API for tools: `GET /api/me`
+//! (scope `profile`) and `GET /api/notes/{id}` (scope `notes.read`). All in memory; tokens
+//! and codes are never logged. `DEV_PROVIDER_ADDR` (default `127.0.0.1:9000`) moves it;
+//! `DEV_PROVIDER_TOKEN_TTL` (seconds, default 3600) shortens access tokens.
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout, clippy::result_large_err)]
 
@@ -204,8 +200,6 @@ fn error(status: StatusCode, error: &str, description: &str) -> Response {
 fn bad(code: &str, description: &str) -> Response {
     error(StatusCode::BAD_REQUEST, code, description)
 }
-
-/// The object without its null members.
 fn compact(mut v: Value) -> Value {
     if let Some(map) = v.as_object_mut() {
         map.retain(|_, v| !v.is_null());
@@ -422,20 +416,18 @@ async fn authorize(State(dev): State<Arc<Dev>>, Form(p): Form<AuthParams>) -> Re
     Ok(back(redirect, &[("code", &code)], state, &dev.issuer))
 }
 
-/// Equality without revealing where two secrets differ: their digests are compared.
+/// Equality without revealing where two secrets differ (their digests are compared).
 fn same(a: &str, b: &str) -> bool {
     digest(&SHA256, a.as_bytes()).as_ref() == digest(&SHA256, b.as_bytes()).as_ref()
 }
 
-/// The credentials after `scheme` in the Authorization header.
 fn authorization<'a>(headers: &'a HeaderMap, scheme: &str) -> Option<&'a str> {
     let (name, credentials) = headers.get(AUTHORIZATION)?.to_str().ok()?.split_once(' ')?;
     name.eq_ignore_ascii_case(scheme)
         .then(|| credentials.trim())
 }
 
-/// `id:secret` from `client_secret_basic`. This client's id and secret have no character
-/// that the form-encoding (RFC 6749 §2.3.1) would change.
+/// `id:secret` from `client_secret_basic` (nothing in them that form-encoding changes).
 fn basic_credentials(b64: &str) -> Option<(String, String)> {
     let text = String::from_utf8(STANDARD.decode(b64).ok()?).ok()?;
     let (id, secret) = text.split_once(':')?;
