@@ -4,16 +4,16 @@
 //! Exit codes: 0 success, 1 failure, 2 usage, 3 rotation overdue (`keys status`).
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
 use crate::audit::{self, Actor};
-use crate::clock::{Clock, SystemClock, rfc3339};
-use crate::config::{Config, ConfigError, LogFormat};
-use crate::store::{Db, OpenError, kek};
+pub use crate::bootstrap::{CliError, open_db, open_vault};
+use crate::clock::{SystemClock, rfc3339};
+use crate::config::{Config, LogFormat};
 use crate::vault::rootkey::{self, RootKeyError};
 use crate::vault::{RootKey, RootKeySource, Vault, VaultError};
 
@@ -110,31 +110,6 @@ pub enum AuditCommand {
     /// Check the hash chain end to end; non-zero exit on any break.
     Verify,
 }
-
-/// A command's failure: one line for stderr.
-#[derive(Debug)]
-pub struct CliError(pub String);
-
-macro_rules! cli_error_from {
-    ($($t:ty),*) => {$(
-        impl From<$t> for CliError {
-            fn from(e: $t) -> Self {
-                CliError(e.to_string())
-            }
-        }
-    )*};
-}
-cli_error_from!(
-    ConfigError,
-    OpenError,
-    RootKeyError,
-    VaultError,
-    crate::agents::AgentError,
-    crate::policy::PolicyError,
-    sqlx::Error,
-    std::io::Error,
-    audit::VerifyError
-);
 
 type CliResult = Result<ExitCode, CliError>;
 
@@ -455,76 +430,6 @@ async fn check(config: &Config) -> CliResult {
         policies.len(),
         policies.files().len()
     ))
-}
-
-/// Connects to the configured database and applies migrations.
-pub async fn open_db(config: &Config) -> Result<Db, CliError> {
-    let db = Db::connect(&config.database_url).await?;
-    db.migrate().await?;
-    Ok(db)
-}
-
-/// Loads the root key and builds the vault. With `allow_generate`, a development
-/// instance without a root key gets a fresh `keys/root.key` and a loud warning.
-pub async fn open_vault(config: &Config, db: Db, allow_generate: bool) -> Result<Vault, CliError> {
-    let env = std::env::var("STRONGBOX_ROOT_KEY").ok();
-    let root = match rootkey::load(&config.keys_dir, env.as_deref(), config.https)? {
-        Some(root) => root,
-        // Generate only for an empty vault: KEKs sealed under a lost key stay lost.
-        None if allow_generate && !config.https && kek::all(db.pool()).await?.is_empty() => {
-            let root = rootkey::generate_file(&config.keys_dir)?;
-            tracing::warn!(
-                path = %config.keys_dir.join(rootkey::ROOT_KEY_FILE).display(),
-                "DEVELOPMENT ONLY: generated a new root key. Anyone with this file can decrypt \
-                 every stored token. In production, provide STRONGBOX_ROOT_KEY from a secret store."
-            );
-            root
-        }
-        None => {
-            return Err(RootKeyError::Missing {
-                path: config
-                    .keys_dir
-                    .join(rootkey::ROOT_KEY_FILE)
-                    .display()
-                    .to_string(),
-            }
-            .into());
-        }
-    };
-    let root = finish_pending_root(&config.keys_dir, &db, root, config.https).await?;
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    Ok(Vault::new(db, root, config.vault, clock))
-}
-
-/// If `keys rotate-root` was killed after re-sealing but before installing the new key
-/// file, the KEKs name `root.key.new`: finish the rename and use it.
-async fn finish_pending_root(
-    keys_dir: &Path,
-    db: &Db,
-    root: RootKey,
-    strict: bool,
-) -> Result<RootKey, CliError> {
-    let RootKeySource::File(_) = root.source() else {
-        return Ok(root);
-    };
-    let Some(primary) = kek::primary(db.pool()).await? else {
-        return Ok(root);
-    };
-    if primary.root_key_id == root.id() {
-        return Ok(root);
-    }
-    let pending = keys_dir.join(rootkey::PENDING_ROOT_KEY_FILE);
-    match rootkey::load_file(&pending, strict)? {
-        Some(new) if new.id() == primary.root_key_id => {
-            let path = rootkey::install_pending(keys_dir)?;
-            tracing::warn!(path = %path.display(), "completed an interrupted root key rotation");
-            Ok(RootKey::new(
-                crate::crypto::Key32::from_slice(new.key().reveal()).map_err(VaultError::from)?,
-                RootKeySource::File(path),
-            ))
-        }
-        _ => Ok(root),
-    }
 }
 
 fn say(args: std::fmt::Arguments<'_>) -> CliResult {

@@ -21,6 +21,7 @@
 
 pub mod agents;
 pub mod audit;
+pub mod bootstrap;
 pub mod cli;
 pub mod clock;
 pub mod config;

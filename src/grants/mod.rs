@@ -285,9 +285,17 @@ impl AuthServer {
 
     /// Every scope a client may ask for (metadata `scopes_supported`).
     pub fn scopes_supported(&self) -> Vec<String> {
-        let tools = self.tools.keys().map(|t| format!("tool:{t}"));
+        let tools = self.offered_tools().map(|t| format!("tool:{t}"));
         let providers = self.providers.iter().map(|p| format!("credential:{p}"));
         tools.chain(providers).collect()
+    }
+
+    /// The tools whose provider is configured: the only ones a grant can name.
+    fn offered_tools(&self) -> impl Iterator<Item = &String> {
+        self.tools
+            .iter()
+            .filter(|(_, t)| self.providers.contains(&t.provider))
+            .map(|(name, _)| name)
     }
 
     /// Parses a requested scope; no scope at all means every tool.
@@ -299,7 +307,10 @@ impl AuthServer {
             .filter(|s| !s.is_empty())
         {
             if let Some(t) = item.strip_prefix("tool:")
-                && self.tools.contains_key(t)
+                && self
+                    .tools
+                    .get(t)
+                    .is_some_and(|tool| self.providers.contains(&tool.provider))
             {
                 if !scope.tools.iter().any(|x| x == t) {
                     scope.tools.push(t.to_owned());
@@ -318,7 +329,7 @@ impl AuthServer {
             }
         }
         if scope.is_empty() {
-            scope.tools = self.tools.keys().cloned().collect();
+            scope.tools = self.offered_tools().cloned().collect();
         }
         Ok(scope)
     }
@@ -422,6 +433,7 @@ impl AuthServer {
         user_id: &str,
         grant_id: &str,
         actor: Actor,
+        request_id: &str,
     ) -> Result<bool, GrantError> {
         let mut tx = self.db.begin().await?;
         let Some(grant) = rows::grant_by_id(&mut tx, grant_id).await? else {
@@ -432,6 +444,7 @@ impl AuthServer {
         }
         rows::delete_grant(&mut tx, grant_id).await?;
         let event = Event::new(Kind::GrantRevoked, actor, format!("user:{user_id}"))
+            .request_id(request_id.to_owned())
             .detail(json!({ "grant": grant_id, "reason": "revoked" }));
         audit::append(&mut tx, self.clock.unix_ms(), event).await?;
         tx.commit().await?;

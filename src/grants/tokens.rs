@@ -445,6 +445,7 @@ impl AuthServer {
         &self,
         client: &Client,
         token: &ClientPresented,
+        request_id: &str,
     ) -> Result<(), GrantError> {
         let hash = sha256(&[token.reveal().as_bytes()]);
         let mut tx = self.db.begin().await?;
@@ -458,6 +459,7 @@ impl AuthServer {
                     Actor::Agent(client.name.clone()),
                     format!("user:{}", grant.user_id),
                 )
+                .request_id(request_id.to_owned())
                 .detail(json!({ "grant": grant_id, "access_token": handle }));
                 audit::append(&mut tx, self.clock.unix_ms(), event).await?;
             }
@@ -471,6 +473,7 @@ impl AuthServer {
                 Actor::Agent(client.name.clone()),
                 format!("user:{}", grant.user_id),
             )
+            .request_id(request_id.to_owned())
             .detail(json!({ "grant": grant_id, "reason": "refresh token revoked by the client" }));
             audit::append(&mut tx, self.clock.unix_ms(), event).await?;
         }

@@ -23,6 +23,10 @@ struct ConsentPage {
     offered: Vec<Item>,
     refused: Vec<(String, String)>,
     connect: Vec<Connect>,
+    /// Some account to connect is connected already, and needs the user again.
+    again: bool,
+    /// Days a grant lasts at most.
+    lifetime_days: i64,
     request: AuthorizeRequest,
     csrf: String,
     return_to: String,
@@ -54,12 +58,7 @@ pub async fn page(
 ) -> Result<Response, Error> {
     let offers = app.grants.offers(&app.policies, pending, user_id)?;
     let connections = app.vault.list(user_id).await?;
-    let status_of = |provider: &str| {
-        connections
-            .iter()
-            .find(|c| c.provider() == provider)
-            .map(|c| c.status().to_owned())
-    };
+    let connection_of = |provider: &str| connections.iter().find(|c| c.provider() == provider);
     let mut offered = Vec::new();
     let mut refused = Vec::new();
     let mut connect: Vec<Connect> = Vec::new();
@@ -68,18 +67,40 @@ pub async fn page(
             refused.push((o.scope, why));
             continue;
         }
-        let status = status_of(&o.provider);
-        let connection = match status.as_deref() {
-            Some("active") => "connected".to_owned(),
-            Some(other) => other.replace('_', " "),
-            None => "not connected".to_owned(),
+        let needs = app
+            .tools
+            .get(&o.name)
+            .filter(|t| o.scope.starts_with("tool:") && t.provider == o.provider)
+            .map(|t| t.scopes.clone())
+            .unwrap_or_default();
+        let existing = connection_of(&o.provider);
+        let missing: Vec<String> = match existing {
+            Some(c) => {
+                let granted = c.scopes();
+                needs
+                    .iter()
+                    .filter(|s| !granted.contains(&s.as_str()))
+                    .cloned()
+                    .collect()
+            }
+            None => needs.clone(),
         };
-        if status.as_deref() != Some("active") {
-            let scopes = app
-                .tools
-                .get(&o.name)
-                .map(|t| t.scopes.clone())
-                .unwrap_or_default();
+        let (connection, ready) = match existing.map(|c| c.status()) {
+            Some("active") if missing.is_empty() => ("connected".to_owned(), true),
+            Some("active") => (
+                "connected, without some scopes this needs".to_owned(),
+                false,
+            ),
+            Some(other) => (other.replace('_', " "), false),
+            None => ("not connected".to_owned(), false),
+        };
+        if !ready {
+            // Connecting again keeps what was granted before: ask for what is missing.
+            let scopes = if existing.is_some_and(|c| c.status() == "active") {
+                missing
+            } else {
+                needs
+            };
             match connect.iter_mut().find(|c| c.provider == o.provider) {
                 Some(c) => {
                     for s in scopes {
@@ -94,7 +115,7 @@ pub async fn page(
                 None => connect.push(Connect {
                     provider: o.provider.clone(),
                     scopes: scopes.join(","),
-                    again: status.is_some(),
+                    again: existing.is_some(),
                 }),
             }
         }
@@ -105,6 +126,7 @@ pub async fn page(
             connection,
         });
     }
+    let again = connect.iter().any(|c| c.again);
     let destination = url::Url::parse(&pending.redirect_uri)
         .map(|u| u.origin().ascii_serialization())
         .unwrap_or_default();
@@ -122,6 +144,8 @@ pub async fn page(
         offered,
         refused,
         connect,
+        again,
+        lifetime_days: app.config.grant_lifetime / 86_400,
         request: req.clone(),
         csrf: csrf.to_owned(),
         return_to: return_to.to_owned(),

@@ -406,7 +406,8 @@ pub async fn revoke(State(app): State<AppState>, req: axum::extract::Request) ->
             false,
         );
     };
-    match app.grants.revoke_token(&client, &token).await {
+    let request_id = super::observe::request_id_of(&parts.extensions);
+    match app.grants.revoke_token(&client, &token, &request_id).await {
         Ok(()) => StatusCode::OK.into_response(),
         Err(e) => oauth_error(&e, false),
     }
@@ -454,10 +455,11 @@ pub async fn revoke_grant(
     State(app): State<AppState>,
     me: SignedIn,
     headers: HeaderMap,
+    extensions: axum::http::Extensions,
     Path(id): Path<String>,
 ) -> Result<Response, Error> {
     require_csrf(&app, &headers, &me.token, None)?;
-    revoke_own(&app, &me, &id).await?;
+    revoke_own(&app, &me, &id, &extensions).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -466,17 +468,28 @@ pub async fn revoke_grant_form(
     State(app): State<AppState>,
     me: SignedIn,
     headers: HeaderMap,
+    extensions: axum::http::Extensions,
     Path(id): Path<String>,
     axum::extract::Form(f): axum::extract::Form<super::pages::CsrfField>,
 ) -> Result<Response, Error> {
     require_csrf(&app, &headers, &me.token, Some(f.token()))?;
-    revoke_own(&app, &me, &id).await?;
+    revoke_own(&app, &me, &id, &extensions).await?;
     Ok(see_other("/"))
 }
 
-async fn revoke_own(app: &AppState, me: &SignedIn, id: &str) -> Result<(), Error> {
+async fn revoke_own(
+    app: &AppState,
+    me: &SignedIn,
+    id: &str,
+    extensions: &axum::http::Extensions,
+) -> Result<(), Error> {
     let actor = crate::audit::Actor::User(me.user_id.clone());
-    if app.grants.revoke(&me.user_id, id, actor).await? {
+    let request_id = super::observe::request_id_of(extensions);
+    if app
+        .grants
+        .revoke(&me.user_id, id, actor, &request_id)
+        .await?
+    {
         Ok(())
     } else {
         Err(Error::NotFound)

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use crate::audit::Actor;
-use crate::cli::{CliError, open_db, open_vault};
+use crate::bootstrap::{CliError, open_db, open_vault};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 

@@ -45,6 +45,8 @@ pub(crate) struct World {
 }
 
 pub(crate) async fn world(site: Site) -> World {
+    // Every log line of the process, at TRACE, is scanned for secrets (`check_trail`).
+    crate::leak::logs();
     let (idp_base, idp) = crate::agents::start_idp().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -411,7 +413,7 @@ pub(crate) async fn exchange(
     .await
 }
 
-/// The trail verifies, holds `kinds`, and no secret is stored in the clear.
+/// The trail verifies, holds `kinds`, and no secret is stored in the clear or logged.
 pub(crate) fn check_trail(w: &World, kinds: &[&str], secrets: &[&str]) {
     let audit = w.site.ok(&["audit", "verify"]);
     assert!(audit.contains("intact"), "{audit}");
@@ -424,10 +426,16 @@ pub(crate) fn check_trail(w: &World, kinds: &[&str], secrets: &[&str]) {
             "no {needle} event"
         );
     }
+    let logs = crate::leak::logs().0.lock().unwrap().clone();
+    assert!(!logs.is_empty(), "no log was captured");
     for s in secrets {
         assert!(
             !at_rest.windows(s.len()).any(|x| x == s.as_bytes()),
             "a secret stored in the clear"
+        );
+        assert!(
+            !logs.windows(s.len()).any(|x| x == s.as_bytes()),
+            "a secret in the logs"
         );
     }
 }

@@ -121,7 +121,7 @@ async fn a_tool_whose_provider_is_not_connected_names_the_url() {
     let t = exchange(&w, "bot", &secret, &code, &verifier).await.json();
     let token = t["access_token"].as_str().unwrap().to_owned();
     let transport = StreamableHttpClientTransport::from_config(
-        StreamableHttpClientTransportConfig::with_uri(mcp_url.as_str()).auth_header(token),
+        StreamableHttpClientTransportConfig::with_uri(mcp_url.as_str()).auth_header(token.clone()),
     );
     let client = ().serve(transport).await.unwrap();
     let r = client
@@ -133,4 +133,32 @@ async fn a_tool_whose_provider_is_not_connected_names_the_url() {
     assert!(text.contains("not_connected"), "{text}");
     assert!(text.contains("/connect/beta"), "{text}");
     client.cancel().await.unwrap();
+
+    // A client that declares URL-mode elicitation (in the request's `_meta`, as clients of
+    // the sessionless protocol do) gets the "URL elicitation required" error instead.
+    let call = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {
+        "name": "beta.feed", "arguments": {},
+        "_meta": {"io.modelcontextprotocol/clientCapabilities": {"elicitation": {"url": {}}}}}});
+    let r: serde_json::Value = reqwest::Client::new()
+        .post(&mcp_url)
+        .bearer_auth(&token)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-11-25")
+        .json(&call)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["error"]["code"], -32042, "{r}");
+    let elicitation = &r["error"]["data"]["elicitations"][0];
+    assert_eq!(elicitation["mode"], "url", "{r}");
+    assert!(
+        elicitation["url"]
+            .as_str()
+            .unwrap()
+            .ends_with("/connect/beta?scopes=read"),
+        "{r}"
+    );
 }
