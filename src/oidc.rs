@@ -20,8 +20,6 @@ use openidconnect::{
 };
 use serde::Deserialize;
 
-use crate::oauth::OAuthError;
-
 /// Tolerated clock skew, seconds.
 pub const SKEW: i64 = 60;
 /// Oldest acceptable `iat`, seconds before now.
@@ -102,8 +100,18 @@ impl Oidc {
     }
 }
 
-fn refused(why: &str) -> OAuthError {
-    OAuthError::ProviderError(format!("id_token_{why}"))
+/// Why discovery, the JWKS or an ID token was not accepted: the provider refused (a 400
+/// to the user) or failed (a 502). Reasons are short codes, safe to show.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OidcError {
+    #[error("the provider refused: {0}")]
+    Refused(String),
+    #[error("the provider failed: {0}")]
+    Failed(String),
+}
+
+fn refused(why: &str) -> OidcError {
+    OidcError::Refused(format!("id_token_{why}"))
 }
 
 impl Oidc {
@@ -112,7 +120,7 @@ impl Oidc {
         &self,
         http: &reqwest::Client,
         issuer: &str,
-    ) -> Result<Discovery, OAuthError> {
+    ) -> Result<Discovery, OidcError> {
         if let Some(d) = self
             .discovered
             .read()
@@ -125,17 +133,17 @@ impl Oidc {
             "{}/.well-known/openid-configuration",
             issuer.trim_end_matches('/')
         );
-        let d: Discovery = serde_json::from_value(crate::oauth::get_json(http, &url).await?)
-            .map_err(|_| OAuthError::ProviderFailed("discovery_malformed".into()))?;
+        let d: Discovery = serde_json::from_value(
+            crate::outbound::get_json(http, &url)
+                .await
+                .map_err(OidcError::Failed)?,
+        )
+        .map_err(|_| OidcError::Failed("discovery_malformed".into()))?;
         if d.issuer != issuer {
-            return Err(OAuthError::ProviderFailed(
-                "discovery_issuer_mismatch".into(),
-            ));
+            return Err(OidcError::Failed("discovery_issuer_mismatch".into()));
         }
         if self.https && d.insecure_endpoint().is_some() {
-            return Err(OAuthError::ProviderError(
-                "discovery_insecure_endpoint".into(),
-            ));
+            return Err(OidcError::Refused("discovery_insecure_endpoint".into()));
         }
         if let Ok(mut m) = self.discovered.write() {
             m.insert(issuer.to_owned(), d.clone());
@@ -148,7 +156,7 @@ impl Oidc {
         http: &reqwest::Client,
         e: &Expect<'_>,
         refresh: bool,
-    ) -> Result<CoreJsonWebKeySet, OAuthError> {
+    ) -> Result<CoreJsonWebKeySet, OidcError> {
         let cached = self
             .jwks
             .read()
@@ -157,9 +165,12 @@ impl Oidc {
         if let Some(k) = cached.filter(|_| !refresh) {
             return Ok(k);
         }
-        let keys: CoreJsonWebKeySet =
-            serde_json::from_value(crate::oauth::get_json(http, e.jwks_url).await?)
-                .map_err(|_| OAuthError::ProviderFailed("jwks_malformed".into()))?;
+        let keys: CoreJsonWebKeySet = serde_json::from_value(
+            crate::outbound::get_json(http, e.jwks_url)
+                .await
+                .map_err(OidcError::Failed)?,
+        )
+        .map_err(|_| OidcError::Failed("jwks_malformed".into()))?;
         if let Ok(mut m) = self.jwks.write() {
             m.insert(e.provider.to_owned(), keys.clone());
         }
@@ -172,7 +183,7 @@ impl Oidc {
         http: &reqwest::Client,
         id_token: &str,
         e: &Expect<'_>,
-    ) -> Result<IdClaims, OAuthError> {
+    ) -> Result<IdClaims, OidcError> {
         let token = CoreIdToken::from_str(id_token).map_err(|_| refused("malformed"))?;
         let tenant = tenant_issuer(e.issuer, id_token);
         let e = &Expect {
@@ -211,7 +222,7 @@ pub fn tenant_issuer(configured: &str, id_token: &str) -> Option<String> {
     is_guid.then(|| configured.replacen(segment, &format!("/{tid}/"), 1))
 }
 
-fn reason(err: &ClaimsVerificationError) -> OAuthError {
+fn reason(err: &ClaimsVerificationError) -> OidcError {
     refused(match err {
         ClaimsVerificationError::Expired(_) => "expired",
         ClaimsVerificationError::InvalidAudience(_) => "audience",

@@ -38,6 +38,40 @@ pub async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Vec<
     Ok(bytes)
 }
 
+/// Largest answer read from a provider's token, userinfo, discovery or JWKS endpoint.
+pub const MAX_PROVIDER_RESPONSE: usize = 1 << 20;
+
+/// A provider's JSON answer, read up to [`MAX_PROVIDER_RESPONSE`] bytes; `Err` is a short
+/// reason code, safe to show (`response_too_large`, `malformed_response`, …).
+pub async fn read_json(resp: reqwest::Response) -> Result<serde_json::Value, String> {
+    let bytes = read_capped(resp, MAX_PROVIDER_RESPONSE)
+        .await
+        .map_err(|e| {
+            match e {
+                BodyError::TooLarge => "response_too_large",
+                BodyError::Timeout => "response_timeout",
+                BodyError::Interrupted => "response_interrupted",
+            }
+            .to_owned()
+        })?;
+    serde_json::from_slice(&bytes).map_err(|_| "malformed_response".to_owned())
+}
+
+/// `GET url` for JSON (discovery, JWKS); `Err` as in [`read_json`], or `unreachable`,
+/// `status_N`.
+pub async fn get_json(http: &reqwest::Client, url: &str) -> Result<serde_json::Value, String> {
+    let resp = http
+        .get(url)
+        .header("Accept", "application/json")
+        .send()
+        .await
+        .map_err(|_| "unreachable".to_owned())?;
+    if !resp.status().is_success() {
+        return Err(format!("status_{}", resp.status().as_u16()));
+    }
+    read_json(resp).await
+}
+
 #[cfg(test)]
 mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -4,7 +4,7 @@
 use zeroize::Zeroizing;
 
 use super::Executor;
-use crate::oauth::{basic_auth, form_encode};
+use crate::oauth::{basic_auth, form_body};
 use crate::providers::ClientAuth;
 use crate::secret::ClientSecret;
 use crate::vault::{SealedCredential, TokenSet, VaultError};
@@ -57,17 +57,14 @@ fn request_body(t: &TokenSet, r: &Revocation<'_>) -> Zeroizing<String> {
         Some(rt) => (rt.reveal(), "refresh_token"),
         None => (t.access_token.reveal(), "access_token"),
     };
-    let mut body = Zeroizing::new(format!(
-        "token={}&token_type_hint={hint}",
-        form_encode(token)
-    ));
+    let mut pairs = vec![("token", token), ("token_type_hint", hint)];
     if r.auth == ClientAuth::Post || r.secret.is_none() {
-        body.push_str(&format!("&client_id={}", form_encode(r.client_id)));
+        pairs.push(("client_id", r.client_id));
     }
     if let (ClientAuth::Post, Some(secret)) = (r.auth, r.secret) {
-        body.push_str(&format!("&client_secret={}", form_encode(secret.reveal())));
+        pairs.push(("client_secret", secret.reveal()));
     }
-    body
+    form_body(pairs)
 }
 
 async fn send(http: &reqwest::Client, body: &Zeroizing<String>, r: &Revocation<'_>) -> Revoked {

@@ -14,8 +14,6 @@ mod callback;
 mod disconnect;
 mod wire;
 
-pub(crate) use wire::get_json;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,7 +36,6 @@ use crate::vault::Vault;
 /// How long a started flow may take.
 pub const FLOW_TTL: i64 = 600;
 /// Largest provider response read.
-const MAX_RESPONSE: usize = 1 << 20;
 
 /// What went wrong in a flow. Messages never carry a code, a token or a secret.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +64,15 @@ pub enum OAuthError {
     Vault(#[from] crate::vault::VaultError),
     #[error(transparent)]
     Session(#[from] crate::sessions::SessionError),
+}
+
+impl From<crate::oidc::OidcError> for OAuthError {
+    fn from(e: crate::oidc::OidcError) -> Self {
+        match e {
+            crate::oidc::OidcError::Refused(why) => OAuthError::ProviderError(why),
+            crate::oidc::OidcError::Failed(why) => OAuthError::ProviderFailed(why),
+        }
+    }
 }
 
 /// Why a flow is started.
@@ -188,18 +194,18 @@ fn b64(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// Percent-encodes for `application/x-www-form-urlencoded` and query strings.
+/// Encodes for `application/x-www-form-urlencoded` bodies and query strings.
 pub fn form_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                out.push(char::from(b))
-            }
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// A form body of `pairs` (the caller zeroizes what it held; the body is zeroized here).
+pub fn form_body<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Zeroizing<String> {
+    Zeroizing::new(
+        form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(pairs)
+            .finish(),
+    )
 }
 
 /// `client_secret_basic` (RFC 6749 §2.3.1): both parts form-encoded, then base64.
@@ -456,22 +462,16 @@ impl OAuth {
         if p.kind == crate::providers::Kind::Oidc {
             params.push(("nonce", self.derived("nonce:", &state)));
         }
-        let mut url = endpoints.authorize;
-        url.push(if url.contains('?') { '&' } else { '?' });
-        let mut first = true;
         let extra = p
             .authorize_params
             .iter()
             .map(|(k, v)| (k.as_str(), v.clone()));
-        for (k, v) in params.into_iter().chain(extra) {
-            if !first {
-                url.push('&');
-            }
-            first = false;
-            url.push_str(k);
-            url.push('=');
-            url.push_str(&form_encode(&v));
-        }
+        let mut url = endpoints.authorize;
+        url.push(if url.contains('?') { '&' } else { '?' });
+        let query = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(params.into_iter().chain(extra))
+            .finish();
+        url.push_str(&query);
         Ok(url)
     }
 }
@@ -512,7 +512,7 @@ mod tests {
 
     #[test]
     fn form_encoding() {
-        assert_eq!(form_encode("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
+        assert_eq!(form_encode("a b&c=d/é"), "a+b%26c%3Dd%2F%C3%A9");
         assert_eq!(sanitize("access_denied<script>"), "access_deniedscript");
     }
 }

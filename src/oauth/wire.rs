@@ -4,8 +4,7 @@
 
 use serde_json::Value;
 
-use super::{Client, MAX_RESPONSE, OAuth, OAuthError, basic_auth, form_encode, sanitize};
-use crate::outbound::{BodyError, read_capped};
+use super::{Client, OAuth, OAuthError, basic_auth, sanitize};
 use crate::providers::ClientAuth;
 use crate::secret::{AccessToken, IdToken, RefreshToken};
 use crate::vault::TokenSet;
@@ -79,17 +78,13 @@ impl OAuth {
             }
             (_, None) => form.push(("client_id", c.client_id.clone())),
         }
-        let body: String = form
-            .iter()
-            .map(|(k, v)| format!("{k}={}", form_encode(v)))
-            .collect::<Vec<_>>()
-            .join("&");
+        let body = super::form_body(form.iter().map(|(k, v)| (*k, v.as_str())));
         for (_, v) in &mut form {
             zeroize::Zeroize::zeroize(v);
         }
         let resp = req
             .header("Content-Type", "application/x-www-form-urlencoded")
-            .body(body)
+            .body(body.to_string())
             .send()
             .await
             .map_err(|e| {
@@ -241,37 +236,11 @@ pub(super) struct Person {
     pub(super) name: Option<String>,
 }
 
-/// GETs a JSON document (discovery, JWKS).
-pub(crate) async fn get_json(http: &reqwest::Client, url: &str) -> Result<Value, OAuthError> {
-    let resp = http
-        .get(url)
-        .header("Accept", "application/json")
-        .send()
-        .await
-        .map_err(|_| OAuthError::ProviderFailed("unreachable".into()))?;
-    if !resp.status().is_success() {
-        return Err(OAuthError::ProviderFailed(format!(
-            "status_{}",
-            resp.status().as_u16()
-        )));
-    }
-    read_json(resp).await
-}
-
-/// Reads a provider's JSON answer, stopping at [`MAX_RESPONSE`] bytes.
+/// Reads a provider's JSON answer (capped; see [`crate::outbound::read_json`]).
 async fn read_json(resp: reqwest::Response) -> Result<Value, OAuthError> {
-    let bytes = read_capped(resp, MAX_RESPONSE).await.map_err(|e| {
-        OAuthError::ProviderFailed(
-            match e {
-                BodyError::TooLarge => "response_too_large",
-                BodyError::Timeout => "response_timeout",
-                BodyError::Interrupted => "response_interrupted",
-            }
-            .into(),
-        )
-    })?;
-    serde_json::from_slice(&bytes)
-        .map_err(|_| OAuthError::ProviderFailed("malformed_response".into()))
+    crate::outbound::read_json(resp)
+        .await
+        .map_err(OAuthError::ProviderFailed)
 }
 
 #[cfg(test)]

@@ -170,7 +170,7 @@ async fn cross_site_connect(site: Site) {
     assert_eq!(r.status, StatusCode::SEE_OTHER, "{:?}", r.body);
     let url = r.location.unwrap();
     assert!(
-        url.starts_with(&format!("{base}/authorize?")) && url.contains("calendar%20contacts"),
+        url.starts_with(&format!("{base}/authorize?")) && url.contains("calendar+contacts"),
         "{url}"
     );
     assert_eq!(flows(&site).await, before + 1);
