@@ -10,11 +10,12 @@
 use std::sync::Arc;
 
 mod broker;
+mod disconnect;
 mod refresh;
 mod revoke;
 
 pub use broker::{Broker, Caller, LAST_USE_STEP, REFRESH_MARGIN, Released, ToolOutput};
-pub use revoke::{Revocation, Revoked, revoke_tokens};
+pub use revoke::{Revoked, revoke_tokens};
 
 use crate::vault::{SealedCredential, TokenSet, Vault, VaultError};
 

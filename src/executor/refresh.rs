@@ -252,7 +252,7 @@ impl Broker {
         let now = self.vault.load_by_id(current.id()).await?;
         let revoked = match &now {
             Some(row) if row.status() == "active" => None,
-            _ => self.oauth.revoke_unstored(current.provider(), tokens).await,
+            _ => self.revoke_unstored(current.provider(), tokens).await,
         };
         let mut tx = self.db.begin().await?;
         conns::release_refresh_lease(&mut tx, current.id()).await?;

@@ -4,18 +4,9 @@
 use zeroize::Zeroizing;
 
 use super::Executor;
-use crate::oauth::{basic_auth, form_body};
+use crate::oauth::{Revocation, basic_auth, form_body};
 use crate::providers::ClientAuth;
-use crate::secret::ClientSecret;
 use crate::vault::{SealedCredential, TokenSet, VaultError};
-
-/// Where and how to revoke.
-pub struct Revocation<'a> {
-    pub url: &'a str,
-    pub client_id: &'a str,
-    pub secret: Option<&'a ClientSecret>,
-    pub auth: ClientAuth,
-}
 
 /// What the provider said.
 #[derive(Debug, Clone, PartialEq, Eq)]

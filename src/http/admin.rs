@@ -179,7 +179,7 @@ pub async fn revoke_user(
 
     let (mut connections, mut revoked) = (0u64, 0u64);
     for c in app.vault.list(&user_id).await? {
-        match app.oauth.disconnect(admin.clone(), &user_id, c.id()).await {
+        match app.broker.disconnect(admin.clone(), &user_id, c.id()).await {
             Ok(crate::oauth::Disconnected::PendingRetry) => {}
             Ok(crate::oauth::Disconnected::Erased { revoked: true }) => {
                 connections += 1;

@@ -415,7 +415,7 @@ pub async fn disconnect(
 ) -> Result<Response, Error> {
     require_csrf(&app, &headers, &me.token, None)?;
     match app
-        .oauth
+        .broker
         .disconnect(Actor::User(me.user_id.clone()), &me.user_id, &id)
         .await? {
         Disconnected::Erased { revoked } => Ok(Json(json!({ "erased": true, "revoked": revoked })).into_response()),

@@ -222,7 +222,7 @@ pub async fn disconnect_form(
 ) -> Result<Response, Error> {
     require_csrf(&app, &headers, &me.token, Some(&f.csrf_token))?;
     match app
-        .oauth
+        .broker
         .disconnect(Actor::User(me.user_id.clone()), &me.user_id, &id)
         .await?
     {

@@ -11,7 +11,6 @@
 //! linked only by a signed-in user connecting it, never merged silently.
 
 mod callback;
-mod disconnect;
 mod wire;
 
 use std::collections::BTreeMap;
@@ -24,7 +23,6 @@ use zeroize::Zeroizing;
 
 use crate::clock::Clock;
 use crate::crypto::{fill_random, hmac_sha256, sha256};
-use crate::executor::Executor;
 use crate::oidc::Oidc;
 use crate::providers::Provider;
 use crate::secret::{ClientSecret, SessionToken};
@@ -35,7 +33,6 @@ use crate::vault::Vault;
 
 /// How long a started flow may take.
 pub const FLOW_TTL: i64 = 600;
-/// Largest provider response read.
 
 /// What went wrong in a flow. Messages never carry a code, a token or a secret.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +61,14 @@ pub enum OAuthError {
     Vault(#[from] crate::vault::VaultError),
     #[error(transparent)]
     Session(#[from] crate::sessions::SessionError),
+}
+
+/// Where and how a provider revokes tokens (RFC 7009).
+pub struct Revocation<'a> {
+    pub url: &'a str,
+    pub client_id: &'a str,
+    pub secret: Option<&'a crate::secret::ClientSecret>,
+    pub auth: crate::providers::ClientAuth,
 }
 
 impl From<crate::oidc::OidcError> for OAuthError {
@@ -129,7 +134,6 @@ pub struct OAuth {
     public_url: String,
     flow_key: Zeroizing<[u8; 32]>,
     clock: Arc<dyn Clock>,
-    executor: Executor,
     oidc: Oidc,
     /// Each tool's provider: a disconnect ends the delegations naming its tools.
     tool_providers: BTreeMap<String, String>,
@@ -261,10 +265,8 @@ impl OAuth {
             .user_agent("strongbox")
             .build()?;
         let flow_key = vault.derive_secret("oauth flow");
-        let executor = Executor::new(Arc::clone(&vault));
         Ok(OAuth {
             oidc: Oidc::new(config.https),
-            executor,
             db,
             vault,
             sessions,
@@ -285,6 +287,31 @@ impl OAuth {
             .map(|(name, t)| (name.clone(), t.provider.clone()))
             .collect();
         self
+    }
+
+    /// Where and how `provider` revokes tokens, if it does (RFC 7009).
+    pub(crate) fn revocation(&self, provider: &str) -> Option<Revocation<'_>> {
+        let c = self.clients.get(provider)?;
+        Some(Revocation {
+            url: c.provider.revocation_url.as_deref()?,
+            client_id: &c.client_id,
+            secret: c.secret.as_ref(),
+            auth: c.provider.client_auth,
+        })
+    }
+
+    /// The outbound HTTP client for providers' endpoints (no redirects, the timeout).
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// The tools of `provider`, by name.
+    pub(crate) fn tools_of(&self, provider: &str) -> Vec<&str> {
+        self.tool_providers
+            .iter()
+            .filter(|(_, p)| p.as_str() == provider)
+            .map(|(t, _)| t.as_str())
+            .collect()
     }
 
     fn client(&self, provider: &str, purpose: &Purpose) -> Result<&Client, OAuthError> {

@@ -110,7 +110,7 @@ async fn ends_delegations(site: Site) {
     }
     let id = state.vault.list(&user).await.unwrap()[0].id().to_owned();
     let done = state
-        .oauth
+        .broker
         .disconnect(Actor::User(user.clone()), &user, &id)
         .await
         .unwrap();
@@ -179,7 +179,7 @@ async fn refresh_racing_disconnect(site: Site, pending: bool) {
         .clone();
     idp.0.lock().unwrap().revoke_unavailable = pending;
     let done = state
-        .oauth
+        .broker
         .disconnect(Actor::User(user.clone()), &user, &id)
         .await
         .unwrap();

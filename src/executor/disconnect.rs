@@ -1,16 +1,16 @@
-//! Disconnecting a connection: revocation at the provider (RFC 7009, performed by the
-//! executor, which alone holds the token), then erasure, audited in one transaction with
-//! the end of the user's delegations that name the provider (or a tool of it).
+//! Disconnecting a connection: revocation at the provider (RFC 7009: the executor alone
+//! opens the token), then erasure, audited in one transaction with the end of the user's
+//! delegations that name the provider (or a tool of it).
 
 use serde_json::json;
 
-use super::{Disconnected, OAuth, OAuthError};
+use super::{Broker, Revoked, revoke_tokens};
 use crate::audit::{self, Actor, Event, Kind as AuditKind};
-use crate::executor::{Revocation, Revoked, revoke_tokens};
+use crate::oauth::{Disconnected, OAuthError};
 use crate::store::agents as agent_rows;
 use crate::vault::TokenSet;
 
-impl OAuth {
+impl Broker {
     /// Disconnects one of `user_id`'s connections for `actor` (the user, or an admin):
     /// revokes at the provider when it offers RFC 7009 revocation, then erases the record.
     /// A provider answering 503 keeps the record, marked for retry; any other revocation
@@ -27,19 +27,14 @@ impl OAuth {
             .await?
             .filter(|s| s.user_id() == user_id)
             .ok_or(OAuthError::NoSuchConnection)?;
-        let outcome = match self.revocation(sealed.provider()) {
-            Some(r) => Some(self.executor.revoke(&self.http, &sealed, r).await?),
+        let outcome = match self.oauth.revocation(sealed.provider()) {
+            Some(r) => Some(self.exec.revoke(self.oauth.http(), &sealed, r).await?),
             None => None,
         };
         let mut tx = self.db.begin().await?;
         // Whatever happens to the record, agents lose what they were given with it (a
         // record pending revocation is not released either; see `executor`).
-        let tools: Vec<&str> = self
-            .tool_providers
-            .iter()
-            .filter(|(_, p)| p.as_str() == sealed.provider())
-            .map(|(t, _)| t.as_str())
-            .collect();
+        let tools = self.oauth.tools_of(sealed.provider());
         let ended =
             agent_rows::end_delegations_naming(&mut tx, user_id, sealed.provider(), &tools).await?;
         let result = match outcome {
@@ -86,17 +81,6 @@ impl OAuth {
         Ok(result)
     }
 
-    /// Where and how `provider` revokes tokens, if it does (RFC 7009).
-    fn revocation(&self, provider: &str) -> Option<Revocation<'_>> {
-        let c = self.clients.get(provider)?;
-        Some(Revocation {
-            url: c.provider.revocation_url.as_deref()?,
-            client_id: &c.client_id,
-            secret: c.secret.as_ref(),
-            auth: c.provider.client_auth,
-        })
-    }
-
     /// Revokes tokens that were never stored (a refresh whose connection was disconnected
     /// meanwhile); `None` when the provider offers no revocation.
     pub(crate) async fn revoke_unstored(
@@ -104,7 +88,7 @@ impl OAuth {
         provider: &str,
         tokens: &TokenSet,
     ) -> Option<Revoked> {
-        let r = self.revocation(provider)?;
-        Some(revoke_tokens(&self.http, tokens, r).await)
+        let r = self.oauth.revocation(provider)?;
+        Some(revoke_tokens(self.oauth.http(), tokens, r).await)
     }
 }
