@@ -461,26 +461,28 @@ impl AuthServer {
         Ok(rows::delete_grants_of(conn, user_id).await?)
     }
 
-    /// Notes that a grant's token was used (at most once a minute per grant).
-    pub async fn touch(&self, grant_id: &str) -> Result<(), GrantError> {
+    /// Whether a grant's use is due to be noted (at most once a minute per grant, by this
+    /// process); marks it noted.
+    pub fn touch_due(&self, grant_id: &str) -> bool {
         let now = self.clock.unix();
-        let due = match self.touched.lock() {
-            Ok(mut touched) => {
-                let due = touched.get(grant_id).is_none_or(|t| now - t >= TOUCH_STEP);
-                if due {
-                    if touched.len() >= TOUCHED_LIMIT {
-                        touched.clear();
-                    }
-                    touched.insert(grant_id.to_owned(), now);
-                }
-                due
-            }
-            Err(_) => true,
+        let Ok(mut touched) = self.touched.lock() else {
+            return true;
         };
+        let due = touched
+            .get(grant_id)
+            .is_none_or(|t| now - t >= TOUCH_STEP);
         if due {
-            rows::touch_grant(self.db.pool(), grant_id, now, TOUCH_STEP).await?;
+            if touched.len() >= TOUCHED_LIMIT {
+                touched.clear();
+            }
+            touched.insert(grant_id.to_owned(), now);
         }
-        Ok(())
+        due
+    }
+
+    /// Notes that a grant's token was used (see [`AuthServer::touch_due`]).
+    pub async fn touch(&self, grant_id: &str) -> Result<(), GrantError> {
+        Ok(rows::touch_grant(self.db.pool(), grant_id, self.clock.unix(), TOUCH_STEP).await?)
     }
 
     /// Removes expired grants, codes and assertion ids (housekeeping).

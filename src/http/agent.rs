@@ -62,7 +62,11 @@ impl AgentRequest {
                     .eq_ignore_ascii_case("bearer")
                     .then(|| AgentSecret::new(secret.trim().to_owned()))
             }),
-            delegation: text(DELEGATION_HEADER).map(DelegationToken::new),
+            // An empty header is no delegation: the request is then judged as carrying an
+            // access token alone, as `Agents::resolve` judges it.
+            delegation: text(DELEGATION_HEADER)
+                .filter(|v| !v.is_empty())
+                .map(DelegationToken::new),
             // The id the response carries (`x-request-id`), so the audit trail and the
             // caller name the request alike.
             request_id: super::observe::request_id_of(&parts.extensions),
@@ -144,7 +148,11 @@ impl AgentRequest {
                     .map_err(|w| Error::RateLimited(w.0))?,
             }
         }
-        if self.access_token() {
+        // Whatever the request looked like, a delegation issued under a grant is an access
+        // token, bound to its resource.
+        let granted = matches!(&resolution, Resolution::Accepted { delegation, .. }
+            if delegation.grant_id.is_some());
+        if self.access_token() || granted {
             return self.accept_access_token(app, resolution);
         }
         match resolution {
@@ -198,7 +206,9 @@ impl AgentRequest {
         {
             return Err(Error::InvalidToken("was issued for another resource"));
         }
-        if let Some(grant) = delegation.grant_id.clone() {
+        if let Some(grant) = delegation.grant_id.clone()
+            && app.grants.touch_due(&grant)
+        {
             let grants = std::sync::Arc::clone(&app.grants);
             tokio::spawn(async move {
                 if let Err(e) = grants.touch(&grant).await {

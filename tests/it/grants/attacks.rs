@@ -199,7 +199,7 @@ async fn refresh_cannot_widen_and_resources_bind() {
     let ask = Ask {
         client_id: "bot",
         redirect_uri: REDIRECT,
-        scope: "tool:acme.items",
+        scope: "tool:acme.items credential:acme",
         challenge: &challenge,
         resource: Some(&mcp),
     };
@@ -211,6 +211,27 @@ async fn refresh_cannot_widen_and_resources_bind() {
     let elsewhere = with_token(&w.base, "GET", "/v1/tools", access, Value::Null).await;
     assert_eq!(elsewhere.status, 401, "{}", elsewhere.text);
     assert_eq!(elsewhere.json()["code"], "invalid_token");
+    // Nor with an empty delegation header beside it (the request must not look like an
+    // agent secret and a delegation to skip the resource check).
+    for blank in ["", "  "] {
+        let r = reqwest::Client::new()
+            .post(format!("{}/v1/credentials/acme", w.base))
+            .bearer_auth(access)
+            .header("strongbox-delegation", blank)
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{blank:?}");
+        let r = reqwest::Client::new()
+            .get(format!("{}/v1/tools", w.base))
+            .bearer_auth(access)
+            .header("strongbox-delegation", blank)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{blank:?}");
+    }
     let bot = Some(("bot", secret.as_str()));
     // More than the grant at refresh: invalid_scope, and the refresh token still works.
     let wider = oauth_post(
