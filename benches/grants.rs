@@ -192,6 +192,7 @@ async fn bench(name: &str, url: &str, n: usize) {
             .approve(&state.policies, &pending, user, "bench")
             .await
             .unwrap();
+        let code = strongbox::grants::code_text(&code);
         let t = Instant::now();
         let r = http
             .post(format!("{base}/oauth2/token"))

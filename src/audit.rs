@@ -86,6 +86,8 @@ pub enum Kind {
     UserRevoked,
     /// An OAuth client registered itself (RFC 7591) or was named by its metadata document.
     ClientRegistered,
+    /// A client's metadata document changed its redirect URIs or name.
+    ClientUpdated,
     GrantApproved,
     GrantDenied,
     GrantRevoked,
@@ -124,6 +126,7 @@ impl Kind {
             Kind::PolicyDenied => "policy.denied",
             Kind::UserRevoked => "user.revoked",
             Kind::ClientRegistered => "client.registered",
+            Kind::ClientUpdated => "client.updated",
             Kind::GrantApproved => "grant.approved",
             Kind::GrantDenied => "grant.denied",
             Kind::GrantRevoked => "grant.revoked",

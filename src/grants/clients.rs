@@ -99,6 +99,7 @@ pub struct RegistrationRequest {
 pub struct Registered {
     pub client_id: String,
     pub client_id_issued_at: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub client_name: Option<String>,
     pub redirect_uris: Vec<String>,
     pub token_endpoint_auth_method: &'static str,
@@ -125,8 +126,46 @@ pub fn valid_redirect_uri(uri: &str) -> bool {
         }
 }
 
+/// A name the consent page can show as it is: no control characters, and none of the
+/// invisible ones that reorder or hide text (bidirectional overrides, zero-width marks).
 fn valid_client_name(name: &str) -> bool {
-    (1..=100).contains(&name.chars().count()) && !name.chars().any(char::is_control)
+    let invisible = |c: char| {
+        matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}'
+            | '\u{061C}' | '\u{FEFF}')
+    };
+    (1..=100).contains(&name.chars().count())
+        && !name.chars().any(|c| c.is_control() || invisible(c))
+}
+
+/// The URL of a client ID metadata document, if it may be fetched: https on port 443
+/// (plain http only to loopback, and only in development: `!https`), in its normal form,
+/// with a path and no query, user info or fragment, and not an IP literal outside the
+/// public internet (names are held to that by the resolver, [`crate::outbound::PublicOnly`]).
+fn screen_metadata_url(url: &str, https: bool) -> Result<url::Url, &'static str> {
+    let parsed = url::Url::parse(url).map_err(|_| "not a URL")?;
+    let dev_loopback = !https && parsed.scheme() == "http" && crate::config::secure_endpoint(url);
+    let https_default_port = parsed.scheme() == "https" && parsed.port().is_none();
+    if !(https_default_port || dev_loopback)
+        || parsed.as_str() != url
+        || parsed.query().is_some()
+        || parsed.fragment().is_some()
+        || !parsed.username().is_empty()
+        || parsed.password().is_some()
+        || parsed.path() == "/"
+    {
+        return Err("not an https URL on port 443 with a path");
+    }
+    let literal = match parsed.host() {
+        Some(url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
+        Some(url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
+        _ => None,
+    };
+    if literal.is_some_and(|ip| {
+        !(crate::outbound::public_address(ip) || (dev_loopback && ip.is_loopback()))
+    }) {
+        return Err("a private address");
+    }
+    Ok(parsed)
 }
 
 /// The client ID metadata document fields Strongbox reads.
@@ -163,58 +202,71 @@ impl AuthServer {
         row.map(Client::from_row).ok_or_else(unknown)
     }
 
-    /// Fetches, checks and stores a client ID metadata document.
+    /// A client already known here (registered, or whose metadata document was fetched at
+    /// an authorization request), without fetching anything: the token and revocation
+    /// endpoints never reach out to a URL a caller names.
+    pub async fn known_client(&self, client_id: &str) -> Result<Client, GrantError> {
+        rows::client_by_name(self.db.pool(), client_id)
+            .await?
+            .map(Client::from_row)
+            .ok_or_else(|| GrantError::InvalidClient("unknown client_id".into()))
+    }
+
+    /// Fetches, checks and stores a client ID metadata document. Who chooses the URL is
+    /// whoever sends the authorization request, so: https on port 443 only (plain http only
+    /// to loopback in development), no query, user info or fragment, public addresses
+    /// only (the resolver and IP literals alike), a few fetches at a time, and one answer
+    /// for every way it can fail, so the fetch tells nothing about what is behind the URL.
     async fn fetch_metadata(
         &self,
         url: &str,
         cached: Option<ClientRow>,
     ) -> Result<Client, GrantError> {
-        let bad = |why: &str| GrantError::InvalidClient(format!("client metadata document: {why}"));
-        let parsed = url::Url::parse(url).map_err(|_| bad("client_id is not a URL"))?;
-        let allowed = match parsed.scheme() {
-            "https" => true,
-            // Plain http only to loopback, and only in development.
-            "http" => !self.https && crate::config::secure_endpoint(url),
-            _ => false,
+        let refused = |why: &str| {
+            tracing::info!(
+                client_id = url,
+                reason = why,
+                "client metadata document refused"
+            );
+            GrantError::InvalidClient(
+                "the client_id names a client metadata document that cannot be used".into(),
+            )
         };
-        if !allowed
-            || parsed.fragment().is_some()
-            || !parsed.username().is_empty()
-            || parsed.path() == "/"
-        {
-            return Err(bad("client_id must be an https URL with a path"));
-        }
+        let parsed = screen_metadata_url(url, self.https).map_err(refused)?;
+        let _permit = self
+            .fetches
+            .acquire()
+            .await
+            .map_err(|_| refused("shutting down"))?;
         let resp = self
             .http
             .get(parsed)
             .header("accept", "application/json")
             .send()
             .await
-            .map_err(|_| bad("it could not be fetched"))?;
+            .map_err(|_| refused("unreachable"))?;
         if resp.status() != reqwest::StatusCode::OK {
-            return Err(bad("it was not answered with 200"));
+            return Err(refused("not answered with 200"));
         }
         let body = crate::outbound::read_capped(resp, MAX_METADATA)
             .await
-            .map_err(|_| bad("it is too large or was cut off"))?;
+            .map_err(|_| refused("too large or cut off"))?;
         let doc: MetadataDocument =
-            serde_json::from_slice(&body).map_err(|_| bad("it is not the expected JSON"))?;
+            serde_json::from_slice(&body).map_err(|_| refused("not the expected JSON"))?;
         if doc.client_id != url {
-            return Err(bad("its client_id is not its own URL"));
+            return Err(refused("its client_id is not its own URL"));
         }
         if !matches!(
             doc.token_endpoint_auth_method.as_deref(),
             None | Some("none")
         ) {
-            return Err(bad(
-                "only public clients (token_endpoint_auth_method none) are supported",
-            ));
+            return Err(refused("not a public client"));
         }
         if doc.redirect_uris.is_empty()
             || doc.redirect_uris.len() > MAX_REDIRECTS
             || !doc.redirect_uris.iter().all(|r| valid_redirect_uri(r))
         {
-            return Err(bad("redirect_uris must be https (or loopback http) URLs"));
+            return Err(refused("bad redirect_uris"));
         }
         let name = doc.client_name.filter(|n| valid_client_name(n));
         let now = self.clock.unix();
@@ -234,8 +286,17 @@ impl AuthServer {
             created_at: cached.as_ref().map_or(now, |c| c.created_at),
         };
         let mut tx = self.db.begin().await?;
-        if cached.is_some() {
+        if let Some(before) = &cached {
             rows::update_metadata(&mut tx, &row).await?;
+            // Where codes may be sent is security-relevant: a change is audited.
+            if before.redirect_uris != row.redirect_uris || before.display_name != row.display_name
+            {
+                let event = Event::new(Kind::ClientUpdated, Actor::System, format!("agent:{url}"))
+                    .detail(json!({ "client_id": url, "how": "metadata_document",
+                                    "redirect_uris": doc.redirect_uris,
+                                    "previous_redirect_uris": serde_json::from_str::<Vec<String>>(&before.redirect_uris).unwrap_or_default() }));
+                audit::append(&mut tx, self.clock.unix_ms(), event).await?;
+            }
         } else if rows::insert_client(&mut tx, &row).await? {
             let event = Event::new(
                 Kind::ClientRegistered,
@@ -251,7 +312,7 @@ impl AuthServer {
         rows::client_by_name(self.db.pool(), url)
             .await?
             .map(Client::from_row)
-            .ok_or_else(|| bad("it could not be stored"))
+            .ok_or_else(|| refused("not stored"))
     }
 
     /// RFC 7591 registration of a public client.
@@ -336,5 +397,39 @@ impl AuthServer {
             grant_types: ["authorization_code", "refresh_token"],
             response_types: ["code"],
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::screen_metadata_url as screen;
+
+    #[test]
+    fn metadata_urls_outside_the_public_https_web_are_refused() {
+        for bad in [
+            "https://10.0.0.1/c.json",
+            "https://127.0.0.1/c.json",
+            "https://169.254.169.254/latest/meta-data",
+            "https://[::1]/c.json",
+            "https://[::ffff:10.0.0.1]/c.json",
+            "https://[fd00::1]/c.json",
+            "https://example.com:8443/c.json",
+            "https://example.com/c.json?x=1",
+            "https://example.com/c.json#f",
+            "https://user:pw@example.com/c.json",
+            "https://example.com/",
+            "https://example.com/a/../c.json",
+            "http://example.com/c.json",
+            "http://10.0.0.1/c.json",
+            "ftp://example.com/c.json",
+        ] {
+            assert!(screen(bad, false).is_err(), "{bad}");
+            assert!(screen(bad, true).is_err(), "{bad}");
+        }
+        assert!(screen("https://example.com/c.json", true).is_ok());
+        assert!(screen("https://93.184.216.34/c.json", true).is_ok());
+        // Plain http to loopback in development only.
+        assert!(screen("http://127.0.0.1:8765/c.json", false).is_ok());
+        assert!(screen("http://127.0.0.1:8765/c.json", true).is_err());
     }
 }

@@ -42,19 +42,19 @@ impl AuthServer {
             });
         }
         for p in &pending.scope.providers {
-            let verdict = policies.decide(
-                agent,
-                user_id,
-                &Action::FetchCredential { provider: p },
-                &[],
-            )?;
+            let refused = if pending.client.kind == super::ClientKind::Public {
+                Some("an application that registered itself never sees raw tokens".to_owned())
+            } else {
+                let action = Action::FetchCredential { provider: p };
+                let verdict = policies.decide(agent, user_id, &action, &[])?;
+                (!verdict.allowed).then(|| format!("policy does not let {agent} see {p} tokens"))
+            };
             out.push(Offer {
                 scope: format!("credential:{p}"),
                 name: p.clone(),
                 provider: p.clone(),
                 description: format!("see your {p} access token itself"),
-                refused: (!verdict.allowed)
-                    .then(|| format!("policy does not let {agent} see {p} tokens")),
+                refused,
             });
         }
         Ok(out)
@@ -67,7 +67,7 @@ impl AuthServer {
         pending: &Pending,
         user_id: &str,
         request_id: &str,
-    ) -> Result<String, GrantError> {
+    ) -> Result<AuthorizationCode, GrantError> {
         let offers = self.offers(policies, pending, user_id)?;
         let allowed = |prefix: &str| -> Vec<String> {
             offers
@@ -119,7 +119,7 @@ impl AuthServer {
         }));
         audit::append(&mut tx, self.clock.unix_ms(), event).await?;
         tx.commit().await?;
-        Ok(code.reveal().to_owned())
+        Ok(code)
     }
 
     /// The user denied: audited, and the client is told `access_denied`.

@@ -38,6 +38,12 @@ pub const ACCESS_TTL: i64 = 15 * 60;
 /// Seconds a client ID metadata document is cached.
 pub const METADATA_TTL: i64 = 60 * 60;
 
+/// An authorization code as its client receives it (for tools outside the crate, such as
+/// the benchmarks, that stand in for the redirect).
+pub fn code_text(code: &crate::secret::AuthorizationCode) -> zeroize::Zeroizing<String> {
+    zeroize::Zeroizing::new(code.reveal().to_owned())
+}
+
 /// An RFC 6749 / 7591 error, with the text a person reads. Never carries a secret.
 #[derive(Debug, thiserror::Error)]
 pub enum GrantError {
@@ -214,7 +220,12 @@ pub struct AuthServer {
     /// When this process last noted each grant's use (so a busy grant's row is written
     /// at most once a minute); forgotten all at once when full.
     touched: std::sync::Mutex<std::collections::HashMap<String, i64>>,
+    /// Client metadata documents being fetched at once, at most [`METADATA_FETCHES`].
+    fetches: tokio::sync::Semaphore,
 }
+
+/// Client metadata documents fetched at once.
+const METADATA_FETCHES: usize = 4;
 
 /// Seconds between two notes of a grant's last use.
 const TOUCH_STEP: i64 = 60;
@@ -231,9 +242,13 @@ impl AuthServer {
         tools: Arc<BTreeMap<String, Tool>>,
         providers: Vec<String>,
     ) -> Result<AuthServer, reqwest::Error> {
-        // Metadata documents: no redirects at all, the provider timeout.
+        // Metadata documents: no redirects at all, public addresses only (loopback too in
+        // development), the provider timeout.
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(std::sync::Arc::new(crate::outbound::PublicOnly {
+                allow_loopback: !config.https,
+            }))
             .timeout(std::time::Duration::from_secs(
                 config.provider_timeout.unsigned_abs(),
             ))
@@ -250,6 +265,7 @@ impl AuthServer {
             tools,
             providers,
             touched: std::sync::Mutex::new(std::collections::HashMap::new()),
+            fetches: tokio::sync::Semaphore::new(METADATA_FETCHES),
         })
     }
 
@@ -468,9 +484,7 @@ impl AuthServer {
         let Ok(mut touched) = self.touched.lock() else {
             return true;
         };
-        let due = touched
-            .get(grant_id)
-            .is_none_or(|t| now - t >= TOUCH_STEP);
+        let due = touched.get(grant_id).is_none_or(|t| now - t >= TOUCH_STEP);
         if due {
             if touched.len() >= TOUCHED_LIMIT {
                 touched.clear();

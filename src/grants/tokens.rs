@@ -109,7 +109,7 @@ impl AuthServer {
         let refused = || GrantError::InvalidClient("client authentication failed".into());
         match auth {
             ClientAuth::Secret { id, secret } => {
-                let client = self.client(id).await.map_err(|_| refused())?;
+                let client = self.known_client(id).await.map_err(|_| refused())?;
                 let presented = sha256(&[secret.reveal().as_bytes()]);
                 if client.kind != ClientKind::Secret
                     || !constant_time_eq(&presented, &client.secret_hash)
@@ -122,7 +122,7 @@ impl AuthServer {
                 self.verify_assertion(id.as_deref(), assertion).await
             }
             ClientAuth::None { id } => {
-                let client = self.client(id).await.map_err(|_| refused())?;
+                let client = self.known_client(id).await.map_err(|_| refused())?;
                 match client.kind {
                     ClientKind::Public => Ok(client),
                     _ => Err(refused()),
@@ -150,7 +150,10 @@ impl AuthServer {
         if id.is_some_and(|id| id != unverified.sub) {
             return Err(refused());
         }
-        let client = self.client(&unverified.sub).await.map_err(|_| refused())?;
+        let client = self
+            .known_client(&unverified.sub)
+            .await
+            .map_err(|_| refused())?;
         let ClientKind::KeyJwt(jwks) = &client.kind else {
             return Err(refused());
         };

@@ -52,10 +52,16 @@ pub async fn metadata(State(app): State<AppState>) -> Json<Value> {
 /// The protected resource metadata (RFC 9728) of `audience`.
 fn resource_metadata(app: &AppState, audience: Audience) -> Json<Value> {
     let g = &app.grants;
+    // MCP clients ask for every scope listed here: only tools, never raw credentials.
+    let scopes: Vec<String> = g
+        .scopes_supported()
+        .into_iter()
+        .filter(|s| audience == Audience::Api || s.starts_with("tool:"))
+        .collect();
     Json(json!({
         "resource": g.resource(audience),
         "authorization_servers": [g.issuer()],
-        "scopes_supported": g.scopes_supported(),
+        "scopes_supported": scopes,
         "bearer_methods_supported": ["header"],
         "resource_name": "Strongbox",
     }))
@@ -155,7 +161,14 @@ pub async fn decide(
     require_csrf(&app, &headers, &me.token, form.csrf_token.as_deref())?;
     let pending: Pending = match app.grants.check(&form.request).await {
         Ok(p) => p,
-        Err(r) => return Ok(refused(r)),
+        Err(r) => {
+            let mut resp = refused(r);
+            if let Some(to) = form.request.redirect_uri.as_deref() {
+                resp.headers_mut()
+                    .insert(header::CONTENT_SECURITY_POLICY, app.csp_with(to));
+            }
+            return Ok(resp);
+        }
     };
     let request_id = super::observe::request_id_of(&extensions);
     let state = pending.state.as_deref();
@@ -165,9 +178,10 @@ pub async fn decide(
             .approve(&app.policies, &pending, &me.user_id, &request_id)
             .await
         {
-            Ok(code) => app
-                .grants
-                .redirect(&pending.redirect_uri, state, &[("code", &code)]),
+            Ok(code) => {
+                app.grants
+                    .redirect(&pending.redirect_uri, state, &[("code", code.reveal())])
+            }
             Err(GrantError::AccessDenied) => app.grants.redirect(
                 &pending.redirect_uri,
                 state,
@@ -197,6 +211,19 @@ pub async fn decide(
 
 /// An RFC 6749 §5.2 error answer.
 fn oauth_error(e: &GrantError, basic: bool) -> Response {
+    if let GrantError::Database(db) = e
+        && crate::store::is_unavailable(db)
+    {
+        let mut resp = (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "error": "temporarily_unavailable",
+                         "error_description": "the database is unavailable; retry shortly" })),
+        )
+            .into_response();
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return resp;
+    }
     let status = match e {
         GrantError::InvalidClient(_) => StatusCode::UNAUTHORIZED,
         GrantError::Database(_)
@@ -257,6 +284,14 @@ fn client_auth(
         .and_then(|v| v.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("basic"))
         .map(|(_, b)| b.trim().to_owned());
+    let methods = usize::from(basic.is_some())
+        + usize::from(form.contains_key("client_secret"))
+        + usize::from(form.contains_key("client_assertion"));
+    if methods > 1 {
+        return Err(GrantError::InvalidRequest(
+            "use one client authentication method".into(),
+        ));
+    }
     if let Some(b64) = basic {
         let bad = || GrantError::InvalidClient("malformed Basic credentials".into());
         let raw = zeroize::Zeroizing::new(
@@ -317,7 +352,11 @@ async fn authenticated(
     let (auth, basic) = client_auth(&parts.headers, form).map_err(|e| oauth_error(&e, false))?;
     match app.grants.authenticate(&auth).await {
         Ok(client) => {
-            app.limits.agent_authenticated(&client.id);
+            // Only a client that proved something counts as known to the failure limit
+            // (a public client's id is public).
+            if client.kind != crate::grants::ClientKind::Public {
+                app.limits.agent_authenticated(&client.id);
+            }
             Ok(client)
         }
         Err(e) => {

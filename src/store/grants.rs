@@ -241,7 +241,13 @@ where
     Ok(())
 }
 
-/// Removes expired grants, codes and assertion ids (housekeeping); returns how many rows.
+/// Seconds a rotated refresh token is kept (its replay revokes the grant meanwhile).
+const ROTATED_KEPT: i64 = 7 * 86_400;
+/// Seconds a self-registered public client without a grant is kept.
+const UNUSED_CLIENT_KEPT: i64 = 86_400;
+
+/// Removes expired grants, codes and assertion ids, rotated refresh tokens older than a
+/// week, and self-registered clients unused for a day (housekeeping); returns how many rows.
 pub async fn purge<'e, E>(e: E, now: i64) -> Result<u64, sqlx::Error>
 where
     E: sqlx::Executor<'e, Database = sqlx::Any> + Copy,
@@ -254,6 +260,21 @@ where
     ] {
         n += sqlx::query(sql).bind(now).execute(e).await?.rows_affected();
     }
+    // Rotated refresh tokens are kept a week to catch a replay, then forgotten.
+    n += sqlx::query("DELETE FROM refresh_token WHERE rotated_at <= $1")
+        .bind(now - ROTATED_KEPT)
+        .execute(e)
+        .await?
+        .rows_affected();
+    // Public clients that registered themselves a day ago and hold no grant.
+    n += sqlx::query(
+        "DELETE FROM agent WHERE kind IN ('dynamic', 'metadata') AND created_at <= $1 \
+         AND NOT EXISTS (SELECT 1 FROM agent_grant g WHERE g.agent_id = agent.id)",
+    )
+    .bind(now - UNUSED_CLIENT_KEPT)
+    .execute(e)
+    .await?
+    .rows_affected();
     Ok(n)
 }
 
