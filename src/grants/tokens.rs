@@ -231,14 +231,18 @@ impl AuthServer {
             .ok_or_else(|| GrantError::InvalidRequest("code is required".into()))?;
         let now = self.clock.unix();
         let mut tx = self.db.begin().await?;
-        // The code is spent by any attempt that finds it, so a wrong verifier cannot be
-        // retried; the spend commits whatever the outcome.
-        let Some((row, first)) =
-            rows::use_code(&mut tx, &sha256(&[code.reveal().as_bytes()]), now).await?
-        else {
+        let hash = sha256(&[code.reveal().as_bytes()]);
+        let Some(grant_id) = rows::code_grant(&mut tx, &hash).await? else {
             return Err(invalid("the code is unknown, expired or revoked"));
         };
-        let grant = rows::grant_by_id(&mut tx, &row.grant_id).await?;
+        // The grant first, as a revocation's cascade takes it.
+        let lock = self.db.backend().for_update();
+        let grant = rows::grant_by_id_locked(&mut tx, &grant_id, lock).await?;
+        // The code is spent by any attempt that finds it, so a wrong verifier cannot be
+        // retried; the spend commits whatever the outcome.
+        let Some((row, first)) = rows::use_code(&mut tx, &hash, now).await? else {
+            return Err(invalid("the code is unknown, expired or revoked"));
+        };
         let Some(grant) = grant else {
             tx.commit().await?;
             return Err(invalid("the code is unknown, expired or revoked"));
@@ -298,10 +302,15 @@ impl AuthServer {
         let now = self.clock.unix();
         let mut tx = self.db.begin().await?;
         let hash = sha256(&[presented.reveal().as_bytes()]);
-        let Some((grant_id, first)) = rows::rotate_refresh(&mut tx, &hash, now).await? else {
+        let Some(grant_id) = rows::refresh_grant(&mut tx, &hash).await? else {
             return Err(invalid("the refresh token is unknown or revoked"));
         };
-        let Some(grant) = rows::grant_by_id(&mut tx, &grant_id).await? else {
+        // The grant first, as a revocation's cascade takes it (no deadlock with one).
+        let lock = self.db.backend().for_update();
+        let Some(grant) = rows::grant_by_id_locked(&mut tx, &grant_id, lock).await? else {
+            return Err(invalid("the refresh token is unknown or revoked"));
+        };
+        let Some((_, first)) = rows::rotate_refresh(&mut tx, &hash, now).await? else {
             return Err(invalid("the refresh token is unknown or revoked"));
         };
         if grant.agent_id != client.id {

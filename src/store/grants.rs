@@ -189,8 +189,20 @@ where
 }
 
 pub async fn grant_by_id(conn: &mut Conn, id: &str) -> Result<Option<GrantRow>, sqlx::Error> {
+    grant_by_id_locked(conn, id, "").await
+}
+
+/// [`grant_by_id`], taking the row's lock with `lock` ([`super::Backend::for_update`]).
+/// A code exchange or refresh locks its grant before its code or refresh token, in the
+/// order a revocation's cascade takes them, so the two wait for each other rather than
+/// deadlock.
+pub async fn grant_by_id_locked(
+    conn: &mut Conn,
+    id: &str,
+    lock: &str,
+) -> Result<Option<GrantRow>, sqlx::Error> {
     sqlx::query(&format!(
-        "SELECT {GRANT_COLUMNS} FROM agent_grant g WHERE g.id = $1"
+        "SELECT {GRANT_COLUMNS} FROM agent_grant g WHERE g.id = $1{lock}"
     ))
     .bind(id)
     .fetch_optional(conn)
@@ -212,15 +224,12 @@ pub async fn delete_grant(conn: &mut Conn, id: &str) -> Result<bool, sqlx::Error
 
 /// Deletes every grant of a user; returns their ids.
 pub async fn delete_grants_of(conn: &mut Conn, user_id: &str) -> Result<Vec<String>, sqlx::Error> {
-    let ids: Vec<String> =
-        sqlx::query_scalar("SELECT id FROM agent_grant WHERE user_id = $1 ORDER BY id")
+    let mut ids: Vec<String> =
+        sqlx::query_scalar("DELETE FROM agent_grant WHERE user_id = $1 RETURNING id")
             .bind(user_id)
             .fetch_all(&mut *conn)
             .await?;
-    sqlx::query("DELETE FROM agent_grant WHERE user_id = $1")
-        .bind(user_id)
-        .execute(&mut *conn)
-        .await?;
+    ids.sort();
     Ok(ids)
 }
 
@@ -266,6 +275,16 @@ where
         .execute(e)
         .await?
         .rows_affected();
+    // Grants approved an hour ago whose code was never exchanged (nor is any longer).
+    n += sqlx::query(
+        "DELETE FROM agent_grant WHERE created_at <= $1 \
+         AND NOT EXISTS (SELECT 1 FROM refresh_token r WHERE r.grant_id = agent_grant.id) \
+         AND NOT EXISTS (SELECT 1 FROM oauth_code c WHERE c.grant_id = agent_grant.id)",
+    )
+    .bind(now - 3600)
+    .execute(e)
+    .await?
+    .rows_affected();
     // Public clients that registered themselves a day ago and hold no grant.
     n += sqlx::query(
         "DELETE FROM agent WHERE kind IN ('dynamic', 'metadata') AND created_at <= $1 \
@@ -381,6 +400,14 @@ pub async fn rotate_refresh(
             .fetch_optional(&mut *conn)
             .await?;
     Ok(grant.map(|g| (g, first)))
+}
+
+/// The grant an authorization code belongs to, used or not.
+pub async fn code_grant(conn: &mut Conn, hash: &[u8]) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT grant_id FROM oauth_code WHERE code_hash = $1")
+        .bind(hash)
+        .fetch_optional(conn)
+        .await
 }
 
 /// The grant a refresh token belongs to, rotated or not.
