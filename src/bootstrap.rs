@@ -37,6 +37,17 @@ cli_error_from!(
     audit::VerifyError
 );
 
+/// The error for a root key that is neither in the environment nor in `keys_dir`.
+pub fn missing_root_key(config: &Config) -> RootKeyError {
+    RootKeyError::Missing {
+        path: config
+            .keys_dir
+            .join(rootkey::ROOT_KEY_FILE)
+            .display()
+            .to_string(),
+    }
+}
+
 /// Connects to the configured database and applies migrations.
 pub async fn open_db(config: &Config) -> Result<Db, CliError> {
     let db = Db::connect(&config.database_url).await?;
@@ -60,16 +71,7 @@ pub async fn open_vault(config: &Config, db: Db, allow_generate: bool) -> Result
             );
             root
         }
-        None => {
-            return Err(RootKeyError::Missing {
-                path: config
-                    .keys_dir
-                    .join(rootkey::ROOT_KEY_FILE)
-                    .display()
-                    .to_string(),
-            }
-            .into());
-        }
+        None => return Err(missing_root_key(config).into()),
     };
     let root = finish_pending_root(&config.keys_dir, &db, root, config.https).await?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);

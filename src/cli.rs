@@ -14,7 +14,7 @@ use crate::audit::{self, Actor};
 pub use crate::bootstrap::{CliError, open_db, open_vault};
 use crate::clock::{SystemClock, rfc3339};
 use crate::config::{Config, LogFormat};
-use crate::vault::rootkey::{self, RootKeyError};
+use crate::vault::rootkey;
 use crate::vault::{RootKey, RootKeySource, Vault, VaultError};
 
 /// Strongbox: a credential vault and OAuth broker for AI agents.
@@ -414,14 +414,7 @@ async fn check(config: &Config) -> CliResult {
     let env = std::env::var("STRONGBOX_ROOT_KEY").ok();
     let root = rootkey::load(&config.keys_dir, env.as_deref(), config.https)?;
     if root.is_none() && config.https {
-        return Err(RootKeyError::Missing {
-            path: config
-                .keys_dir
-                .join(rootkey::ROOT_KEY_FILE)
-                .display()
-                .to_string(),
-        }
-        .into());
+        return Err(crate::bootstrap::missing_root_key(config).into());
     }
     say(format_args!(
         "configuration is valid: {} providers configured, {} tools, {} policies from {} files",

@@ -235,9 +235,7 @@ impl AuthServer {
         let Some(grant_id) = rows::code_grant(&mut tx, &hash).await? else {
             return Err(invalid("the code is unknown, expired or revoked"));
         };
-        // The grant first, as a revocation's cascade takes it.
-        let lock = self.db.backend().for_update();
-        let grant = rows::grant_by_id_locked(&mut tx, &grant_id, lock).await?;
+        let grant = self.lock_grant(&mut tx, &grant_id).await?;
         // The code is spent by any attempt that finds it, so a wrong verifier cannot be
         // retried; the spend commits whatever the outcome.
         let Some((row, first)) = rows::use_code(&mut tx, &hash, now).await? else {
@@ -305,9 +303,7 @@ impl AuthServer {
         let Some(grant_id) = rows::refresh_grant(&mut tx, &hash).await? else {
             return Err(invalid("the refresh token is unknown or revoked"));
         };
-        // The grant first, as a revocation's cascade takes it (no deadlock with one).
-        let lock = self.db.backend().for_update();
-        let Some(grant) = rows::grant_by_id_locked(&mut tx, &grant_id, lock).await? else {
+        let Some(grant) = self.lock_grant(&mut tx, &grant_id).await? else {
             return Err(invalid("the refresh token is unknown or revoked"));
         };
         let Some((_, first)) = rows::rotate_refresh(&mut tx, &hash, now).await? else {
@@ -354,6 +350,18 @@ impl AuthServer {
             .await?;
         tx.commit().await?;
         Ok(issued)
+    }
+
+    /// Reads and locks a grant, before its code or refresh token: the order a revocation's
+    /// cascade takes them in, so a revocation and an exchange wait for each other rather
+    /// than deadlock (PostgreSQL).
+    async fn lock_grant(
+        &self,
+        tx: &mut Tx,
+        grant_id: &str,
+    ) -> Result<Option<GrantRow>, GrantError> {
+        let lock = self.db.backend().for_update();
+        Ok(rows::grant_by_id_locked(tx, grant_id, lock).await?)
     }
 
     /// The resource a token is issued for: the grant's, or one asked for now if the grant

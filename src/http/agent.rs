@@ -165,16 +165,27 @@ impl AgentRequest {
                 delegation,
                 connection,
                 grounds,
-            } => Ok((
-                Caller {
-                    agent: agent.name,
-                    delegation,
-                    request_id: self.request_id.clone(),
-                    grounds,
-                },
-                connection.map(|row| SealedCredential::from_row(*row)),
-            )),
+            } => Ok(self.caller(agent, delegation, connection, grounds)),
         }
+    }
+
+    /// The checked caller, and the connection read with the request.
+    fn caller(
+        &self,
+        agent: crate::store::agents::AgentRow,
+        delegation: crate::agents::Delegation,
+        connection: Option<Box<crate::store::connection::ConnectionRow>>,
+        grounds: crate::agents::Grounds,
+    ) -> (Caller, Option<SealedCredential>) {
+        (
+            Caller {
+                agent: agent.name,
+                delegation,
+                request_id: self.request_id.clone(),
+                grounds,
+            },
+            connection.map(|row| SealedCredential::from_row(*row)),
+        )
     }
 }
 
@@ -216,15 +227,7 @@ impl AgentRequest {
                 }
             });
         }
-        Ok((
-            Caller {
-                agent: agent.name,
-                delegation,
-                request_id: self.request_id.clone(),
-                grounds,
-            },
-            connection.map(|row| SealedCredential::from_row(*row)),
-        ))
+        Ok(self.caller(agent, delegation, connection, grounds))
     }
 }
 

@@ -368,18 +368,28 @@ async fn authenticated(
     }
 }
 
-/// `POST /oauth2/token`.
-pub async fn token(State(app): State<AppState>, req: axum::extract::Request) -> Response {
+/// A form posted to the token or revocation endpoint, and its authenticated client.
+type Form = std::collections::HashMap<String, zeroize::Zeroizing<String>>;
+
+/// Reads the form of a token or revocation request and authenticates its client; an
+/// answer to send instead when either fails.
+async fn client_request(
+    app: &AppState,
+    req: axum::extract::Request,
+) -> Result<(axum::http::request::Parts, Form, crate::grants::Client), Response> {
     let (parts, body) = req.into_parts();
     let Ok(body) = axum::body::to_bytes(body, super::guard::MAX_BODY).await else {
-        return Error::TooLarge.into_response();
+        return Err(Error::TooLarge.into_response());
     };
-    let form = match form_fields(&body) {
-        Ok(f) => f,
-        Err(e) => return oauth_error(&e, false),
-    };
-    let client = match authenticated(&app, &parts, &form).await {
-        Ok(c) => c,
+    let form = form_fields(&body).map_err(|e| oauth_error(&e, false))?;
+    let client = authenticated(app, &parts, &form).await?;
+    Ok((parts, form, client))
+}
+
+/// `POST /oauth2/token`.
+pub async fn token(State(app): State<AppState>, req: axum::extract::Request) -> Response {
+    let (parts, form, client) = match client_request(&app, req).await {
+        Ok(r) => r,
         Err(resp) => return resp,
     };
     let take = |k: &str| {
@@ -424,16 +434,8 @@ pub async fn token(State(app): State<AppState>, req: axum::extract::Request) -> 
 
 /// `POST /oauth2/revoke` (RFC 7009): 200 whether or not the token was known.
 pub async fn revoke(State(app): State<AppState>, req: axum::extract::Request) -> Response {
-    let (parts, body) = req.into_parts();
-    let Ok(body) = axum::body::to_bytes(body, super::guard::MAX_BODY).await else {
-        return Error::TooLarge.into_response();
-    };
-    let form = match form_fields(&body) {
-        Ok(f) => f,
-        Err(e) => return oauth_error(&e, false),
-    };
-    let client = match authenticated(&app, &parts, &form).await {
-        Ok(c) => c,
+    let (parts, form, client) = match client_request(&app, req).await {
+        Ok(r) => r,
         Err(resp) => return resp,
     };
     let Some(token) = form
