@@ -124,10 +124,7 @@ impl Error {
                 | OAuthError::Session(crate::sessions::SessionError::Database(e)),
             ) => is_unavailable(e),
             Error::Agents(crate::agents::AgentError::Lookup { unavailable, .. }) => *unavailable,
-            Error::Grant(
-                GrantError::Database(e)
-                | GrantError::Agents(crate::agents::AgentError::Database(e)),
-            ) => is_unavailable(e),
+            Error::Grant(e) => e.database_unavailable(),
             Error::NotRecorded(e) => e.unavailable,
             _ => false,
         }

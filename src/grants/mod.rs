@@ -80,6 +80,18 @@ pub enum GrantError {
 }
 
 impl GrantError {
+    /// Whether the request failed only because the database was out of reach (a `503`
+    /// the client may retry as it is).
+    pub fn database_unavailable(&self) -> bool {
+        match self {
+            GrantError::Database(e)
+            | GrantError::Agents(crate::agents::AgentError::Database(e)) => {
+                crate::store::is_unavailable(e)
+            }
+            _ => false,
+        }
+    }
+
     /// The `error` value of RFC 6749 §4.1.2.1 / §5.2 and RFC 7591 §3.2.2.
     pub const fn code(&self) -> &'static str {
         match self {

@@ -211,9 +211,7 @@ pub async fn decide(
 
 /// An RFC 6749 §5.2 error answer.
 fn oauth_error(e: &GrantError, basic: bool) -> Response {
-    if let GrantError::Database(db) = e
-        && crate::store::is_unavailable(db)
-    {
+    if e.database_unavailable() {
         let mut resp = (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({ "error": "temporarily_unavailable",
