@@ -63,7 +63,7 @@ impl OAuth {
             .as_deref()
             .ok_or_else(|| OAuthError::ProviderError("missing_code".into()))?;
         let endpoints = self.endpoints(c).await?;
-        let tokens = self
+        let (tokens, scopes_told) = self
             .exchange(
                 c,
                 &endpoints.token,
@@ -113,8 +113,15 @@ impl OAuth {
                 self.userinfo(c, url, &tokens.access_token).await?
             }
         };
-        self.complete(c, purpose, who, tokens, Some(session), flow.return_to)
-            .await
+        self.complete(
+            c,
+            purpose,
+            who,
+            (tokens, scopes_told),
+            Some(session),
+            flow.return_to,
+        )
+        .await
     }
 
     async fn complete(
@@ -122,7 +129,7 @@ impl OAuth {
         c: &Client,
         purpose: Purpose,
         who: Person,
-        tokens: TokenSet,
+        (tokens, scopes_told): (TokenSet, bool),
         session: Option<&SessionToken>,
         return_to: String,
     ) -> Result<Finished, OAuthError> {
@@ -164,12 +171,19 @@ impl OAuth {
                 (user_id.clone(), AuditKind::Connect, None)
             }
         };
-        // Incremental scopes: connecting again keeps what was granted before. The vault
-        // adds the connection, KEK version and stored scopes to the event.
+        // The stored scopes are what the new token carries: exactly what the provider said
+        // when it said (it knows whether it keeps earlier grants); otherwise what was asked
+        // for, beside what was granted before (incremental authorization). The vault adds
+        // the connection, KEK version and stored scopes to the event.
         let actor = Actor::User(user_id.clone());
         let event = Event::new(kind, actor, format!("user:{user_id}"));
+        let scopes = if scopes_told {
+            Scopes::Replace
+        } else {
+            Scopes::Merge
+        };
         self.vault
-            .store(&mut tx, event, &user_id, provider, &tokens, Scopes::Merge)
+            .store(&mut tx, event, &user_id, provider, &tokens, scopes)
             .await?;
         tx.commit().await?;
         Ok(Finished {

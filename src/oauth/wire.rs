@@ -10,7 +10,9 @@ use crate::secret::{AccessToken, IdToken, RefreshToken};
 use crate::vault::TokenSet;
 
 impl OAuth {
-    /// Redeems an authorization code at the token endpoint.
+    /// Redeems an authorization code at the token endpoint. With the tokens comes whether
+    /// the provider said which scopes they carry (`scope` in the answer): then they are
+    /// exactly those; without it, RFC 6749 §5.1 says they are what was asked for.
     pub(super) async fn exchange(
         &self,
         c: &Client,
@@ -18,7 +20,7 @@ impl OAuth {
         code: &str,
         verifier: &str,
         requested: &str,
-    ) -> Result<TokenSet, OAuthError> {
+    ) -> Result<(TokenSet, bool), OAuthError> {
         let form = vec![
             ("grant_type", "authorization_code".to_owned()),
             ("code", code.to_owned()),
@@ -51,7 +53,10 @@ impl OAuth {
         if c.provider.quirks.refresh_needs_scope {
             form.push(("scope", requested.clone()));
         }
-        self.token_call(c, &endpoints.token, form, &requested).await
+        Ok(self
+            .token_call(c, &endpoints.token, form, &requested)
+            .await?
+            .0)
     }
 
     /// POSTs a grant to the token endpoint with the client's authentication and reads the
@@ -62,7 +67,7 @@ impl OAuth {
         token_url: &str,
         mut form: Vec<(&str, String)>,
         requested: &str,
-    ) -> Result<TokenSet, OAuthError> {
+    ) -> Result<(TokenSet, bool), OAuthError> {
         let p = &c.provider;
         let mut req = self
             .http
@@ -120,9 +125,11 @@ impl OAuth {
         let text = |k: &str| json.get(k).and_then(Value::as_str).map(str::to_owned);
         let access = text("access_token")
             .ok_or_else(|| OAuthError::ProviderFailed("no_access_token".into()))?;
-        let granted = text("scope").unwrap_or_else(|| requested.to_owned());
+        let said = text("scope");
+        let told = said.is_some();
+        let granted = said.unwrap_or_else(|| requested.to_owned());
         let sep: &[char] = &[' ', ','];
-        Ok(TokenSet {
+        let tokens = TokenSet {
             access_token: AccessToken::new(access),
             refresh_token: text("refresh_token").map(RefreshToken::new),
             id_token: text("id_token").map(IdToken::new),
@@ -133,7 +140,8 @@ impl OAuth {
                 .filter(|s| !s.is_empty())
                 .map(str::to_owned)
                 .collect(),
-        })
+        };
+        Ok((tokens, told))
     }
 
     /// Fills the email (with its `email_verified`) and the name an ID token left out from

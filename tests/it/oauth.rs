@@ -31,6 +31,8 @@ pub(crate) struct ProviderState {
     pub(crate) revoke_status: u16,
     /// Tokens revoked.
     pub(crate) revoked: Vec<String>,
+    /// Token answers leave out `scope` (RFC 6749 §5.1: "as requested").
+    pub(crate) omit_scope: bool,
 }
 
 pub(crate) type Shared = Arc<Mutex<ProviderState>>;
@@ -106,7 +108,11 @@ async fn token(
     st.tokens.insert(access.clone(), subject);
     st.issued.push(access.clone());
     st.issued.push(refresh.clone());
-    axum::Json(json!({"access_token": access, "token_type": "Bearer", "expires_in": 3600, "refresh_token": refresh, "scope": scope})).into_response()
+    let mut answer = json!({"access_token": access, "token_type": "Bearer", "expires_in": 3600, "refresh_token": refresh, "scope": scope});
+    if st.omit_scope {
+        answer.as_object_mut().unwrap().remove("scope");
+    }
+    axum::Json(answer).into_response()
 }
 
 async fn userinfo(State(s): State<Shared>, headers: HeaderMap) -> Response {
@@ -522,6 +528,17 @@ async fn flows(site: Site) {
     assert_eq!(r.status, StatusCode::SEE_OTHER, "{:?}", r.body);
     let sealed = vault.load(&user_id, "acme").await.unwrap().unwrap();
     assert_eq!(sealed.scopes(), ["openid", "email", "calendar", "contacts"]);
+    // Signing in again with a provider that does not say which scopes the new token has:
+    // what was asked, beside what was granted before.
+    provider.lock().unwrap().omit_scope = true;
+    b.sign_in().await;
+    let sealed = vault.load(&user_id, "acme").await.unwrap().unwrap();
+    assert_eq!(sealed.scopes(), ["openid", "email", "calendar", "contacts"]);
+    // One that says: exactly what it says (the new token has no calendar scope).
+    provider.lock().unwrap().omit_scope = false;
+    b.sign_in().await;
+    let sealed = vault.load(&user_id, "acme").await.unwrap().unwrap();
+    assert_eq!(sealed.scopes(), ["openid", "email"]);
     // Connecting an account that belongs to another user is refused, never merged.
     provider.lock().unwrap().next_subject = "bob-sub".into();
     let bob = b.sign_in().await;
