@@ -296,11 +296,13 @@ impl Agents {
     /// Removes `name` and, with it, every delegation to it.
     pub async fn remove(&self, name: &str, actor: Actor) -> Result<(), AgentError> {
         let mut tx = self.db.begin().await?;
+        // Its grants go with it (they cascade): the event names them.
+        let grants = crate::store::grants::grant_ids_of_agent(&mut tx, name).await?;
         if !rows::delete_agent(&mut tx, name).await? {
             return Err(AgentError::NoSuchAgent(name.to_owned()));
         }
         let event = Event::new(Kind::AgentRemoved, actor, format!("agent:{name}"))
-            .detail(json!({ "agent": name }));
+            .detail(json!({ "agent": name, "grants_ended": grants }));
         audit::append(&mut tx, self.clock.unix_ms(), event).await?;
         tx.commit().await?;
         Ok(())

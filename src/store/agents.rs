@@ -36,7 +36,9 @@ pub async fn list_agents<'e, E>(e: E) -> Result<Vec<AgentRow>, sqlx::Error>
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
-    sqlx::query("SELECT id, name, created_at FROM agent ORDER BY name")
+    // Registered by an operator; public OAuth clients that registered themselves are not
+    // agent services.
+    sqlx::query("SELECT id, name, created_at FROM agent WHERE kind = 'registered' ORDER BY name")
         .fetch_all(e)
         .await?
         .iter()

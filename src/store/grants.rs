@@ -212,6 +212,17 @@ pub async fn grant_by_id_locked(
     .transpose()
 }
 
+/// The ids of the grants held by the agent named `name`.
+pub async fn grant_ids_of_agent(conn: &mut Conn, name: &str) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT g.id FROM agent_grant g JOIN agent a ON a.id = g.agent_id \
+         WHERE a.name = $1 ORDER BY g.id",
+    )
+    .bind(name)
+    .fetch_all(conn)
+    .await
+}
+
 /// Deletes a grant, and with it its codes and tokens; `false` if there was none.
 pub async fn delete_grant(conn: &mut Conn, id: &str) -> Result<bool, sqlx::Error> {
     Ok(sqlx::query("DELETE FROM agent_grant WHERE id = $1")

@@ -208,4 +208,12 @@ async fn private_key_jwt_assertions() {
     )
     .await;
     assert_eq!(r.json()["error"], "invalid_client");
+    // Removing the agent ends its grant, and the event names it.
+    w.site.ok(&["agents", "remove", "jwt-bot"]);
+    let at_rest = crate::support::at_rest(&w.site);
+    let needle = b"\"grants_ended\":[\"";
+    assert!(
+        at_rest.windows(needle.len()).any(|x| x == needle),
+        "no grants_ended"
+    );
 }

@@ -102,6 +102,9 @@ async fn an_mcp_client_discovers_registers_and_calls_tools() {
         &["client.registered", "grant.approved", "tool.run"],
         &[&token],
     );
+    // A client that registered itself is no agent service of the operator's.
+    let listed = w.site.ok(&["agents", "list"]);
+    assert!(!listed.contains("client-"), "{listed}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
