@@ -31,7 +31,9 @@ use crate::audit::{self, Actor, Event, Kind};
 use crate::clock::Clock;
 use crate::crypto::{CryptoError, constant_time_eq, random_text, sha256};
 use crate::secret::{AgentSecret, DelegationToken};
-use crate::store::agents::{self as rows, AgentRow, Basis, DelegationRow, RequestKey, RequestRows};
+pub use crate::store::agents::AgentRow;
+use crate::store::agents::{self as rows, Basis, DelegationRow, RequestKey, RequestRows};
+pub use crate::store::connection::ConnectionRow;
 use crate::store::{Conn, Db};
 use lookups::Lookups;
 
@@ -104,7 +106,7 @@ pub enum Resolution {
     Accepted {
         agent: AgentRow,
         delegation: Delegation,
-        connection: Option<Box<crate::store::connection::ConnectionRow>>,
+        connection: Option<Box<ConnectionRow>>,
         grounds: Grounds,
     },
 }

@@ -137,6 +137,18 @@ impl Kind {
     }
 }
 
+pub use crate::store::audit::Filter;
+
+/// Events matching `filter` after sequence number `after`, at most `limit`, oldest first.
+pub async fn search(
+    db: &crate::store::Db,
+    filter: &Filter,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<crate::store::audit::EventRow>, sqlx::Error> {
+    crate::store::audit::search(db.pool(), filter, after, limit).await
+}
+
 /// An event to append.
 #[derive(Debug, Clone)]
 pub struct Event {

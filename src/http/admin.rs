@@ -13,11 +13,10 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::browser::{SignedIn, require_csrf};
+use crate::audit::Filter;
 use crate::audit::{self, Actor, Event, Kind, Outcome};
 use crate::clock::rfc3339;
 use crate::error::Error;
-use crate::store::audit::Filter;
-use crate::store::identities;
 
 /// A signed-in user with the admin role.
 pub struct AdminUser(pub SignedIn);
@@ -40,7 +39,7 @@ pub async fn is_admin(app: &AppState, user_id: &str) -> Result<bool, Error> {
     if app.config.admins.is_empty() {
         return Ok(false);
     }
-    let keys = identities::keys_of(app.db.pool(), user_id).await?;
+    let keys = app.oauth.identity_keys(user_id).await?;
     Ok(keys.iter().any(|(provider, subject, email, verified)| {
         app.config
             .admins
@@ -130,8 +129,7 @@ pub async fn audit_events(
         from_ms: millis("since", q.since.as_deref())?,
         until_ms: millis("until", q.until.as_deref())?,
     };
-    let rows =
-        crate::store::audit::search(app.db.pool(), &filter, q.after.unwrap_or(0), limit).await?;
+    let rows = crate::audit::search(&app.db, &filter, q.after.unwrap_or(0), limit).await?;
     let next_after = (rows.len() == usize::try_from(limit).unwrap_or(0))
         .then(|| rows.last().map(|r| r.seq))
         .flatten();

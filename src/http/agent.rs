@@ -172,9 +172,9 @@ impl AgentRequest {
     /// The checked caller, and the connection read with the request.
     fn caller(
         &self,
-        agent: crate::store::agents::AgentRow,
+        agent: crate::agents::AgentRow,
         delegation: crate::agents::Delegation,
-        connection: Option<Box<crate::store::connection::ConnectionRow>>,
+        connection: Option<Box<crate::agents::ConnectionRow>>,
         grounds: crate::agents::Grounds,
     ) -> (Caller, Option<SealedCredential>) {
         (

@@ -19,7 +19,6 @@ use crate::error::Error;
 use crate::oauth::{Callback, Disconnected, Purpose};
 use crate::secret::SessionToken;
 use crate::sessions::{Session, Sessions};
-use crate::store::identities;
 
 /// The session cookie's name for this deployment.
 pub fn cookie_name(https: bool) -> &'static str {
@@ -334,7 +333,7 @@ pub async fn logout(
 
 /// `GET /api/me` — the signed-in user, identities and CSRF token.
 pub async fn me(State(app): State<AppState>, me: SignedIn) -> Result<Json<Value>, Error> {
-    let ids = identities::for_user(app.db.pool(), &me.user_id).await?;
+    let ids = app.oauth.identities(&me.user_id).await?;
     let identities: Vec<Value> = ids
         .into_iter()
         .map(|(provider, subject, email, name)| json!({ "provider": provider, "subject": subject, "email": email, "name": name }))

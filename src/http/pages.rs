@@ -19,7 +19,6 @@ use crate::clock::rfc3339;
 use crate::error::Error;
 use crate::oauth::Disconnected;
 use crate::sessions::Sessions;
-use crate::store::identities;
 
 /// `GET /static/app.css`.
 pub async fn stylesheet() -> Response {
@@ -108,7 +107,9 @@ struct SessionRow {
 }
 
 async fn account(app: &AppState, me: SignedIn) -> Result<AccountPage, Error> {
-    let identities = identities::for_user(app.db.pool(), &me.user_id)
+    let identities = app
+        .oauth
+        .identities(&me.user_id)
         .await?
         .into_iter()
         .map(|(provider, subject, email, name)| (provider, name.or(email).unwrap_or(subject)))

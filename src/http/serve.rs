@@ -56,10 +56,11 @@ async fn housekeeping(app: AppState) {
     loop {
         tick.tick().await;
         let sessions = app.sessions.purge().await;
-        let flows = crate::store::identities::purge_flows(app.db.pool(), app.clock.unix()).await;
+        let flows = app.oauth.purge_flows().await;
         match (sessions, flows) {
             (Ok(s), Ok(f)) => tracing::debug!(sessions = s, flows = f, "purged expired records"),
-            (Err(e), _) | (_, Err(e)) => tracing::warn!(error = %e, "housekeeping failed"),
+            (Err(e), _) => tracing::warn!(error = %e, "purging sessions failed"),
+            (_, Err(e)) => tracing::warn!(error = %e, "purging flows failed"),
         }
         if let Err(e) = app.agents.purge().await {
             tracing::warn!(error = %e, "purging expired delegations failed");
@@ -82,16 +83,13 @@ async fn refresher(app: AppState) {
     loop {
         tick.tick().await;
         let now = app.clock.unix();
-        let ids =
-            match crate::store::connection::expiring(app.db.pool(), now + REFRESH_AHEAD, now, 100)
-                .await
-            {
-                Ok(ids) => ids,
-                Err(e) => {
-                    tracing::warn!(error = %e, "listing expiring tokens failed");
-                    continue;
-                }
-            };
+        let ids = match app.vault.expiring(now + REFRESH_AHEAD, now, 100).await {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing expiring tokens failed");
+                continue;
+            }
+        };
         for id in ids {
             let Ok(permit) = Arc::clone(&limit).acquire_owned().await else {
                 return;

@@ -300,6 +300,28 @@ impl OAuth {
         })
     }
 
+    /// The user's identities: `(provider, subject, email, name)`.
+    pub async fn identities(
+        &self,
+        user_id: &str,
+    ) -> Result<Vec<(String, String, Option<String>, Option<String>)>, OAuthError> {
+        Ok(identities::for_user(self.db.pool(), user_id).await?)
+    }
+
+    /// The user's identities as the `admins` rules read them: `(provider, subject, email,
+    /// email verified)`.
+    pub async fn identity_keys(
+        &self,
+        user_id: &str,
+    ) -> Result<Vec<(String, String, Option<String>, bool)>, OAuthError> {
+        Ok(identities::keys_of(self.db.pool(), user_id).await?)
+    }
+
+    /// Removes sign-in and connect flows past their time (housekeeping).
+    pub async fn purge_flows(&self) -> Result<u64, OAuthError> {
+        Ok(identities::purge_flows(self.db.pool(), self.clock.unix()).await?)
+    }
+
     /// The outbound HTTP client for providers' endpoints (no redirects, the timeout).
     pub(crate) fn http(&self) -> &reqwest::Client {
         &self.http

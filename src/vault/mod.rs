@@ -208,6 +208,17 @@ impl std::fmt::Debug for Vault {
 }
 
 impl Vault {
+    /// Ids of active connections whose access token expires before `before` (and has
+    /// not yet at `now`), at most `limit`: what the background refresher renews.
+    pub async fn expiring(
+        &self,
+        before: i64,
+        now: i64,
+        limit: i64,
+    ) -> Result<Vec<String>, VaultError> {
+        Ok(crate::store::connection::expiring(self.db.pool(), before, now, limit).await?)
+    }
+
     pub fn new(db: Db, root: RootKey, settings: VaultSettings, clock: Arc<dyn Clock>) -> Vault {
         Vault {
             db,
