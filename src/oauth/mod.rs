@@ -11,6 +11,7 @@
 //! linked only by a signed-in user connecting it, never merged silently.
 
 mod callback;
+mod token;
 mod wire;
 
 use std::collections::BTreeMap;

@@ -4,7 +4,8 @@
 
 use serde_json::Value;
 
-use super::{Client, OAuth, OAuthError, basic_auth, sanitize};
+use super::token::{self, Capped};
+use super::{Client, OAuth, OAuthError};
 use crate::providers::ClientAuth;
 use crate::secret::{AccessToken, IdToken, RefreshToken};
 use crate::vault::TokenSet;
@@ -21,13 +22,15 @@ impl OAuth {
         verifier: &str,
         requested: &str,
     ) -> Result<(TokenSet, bool), OAuthError> {
-        let form = vec![
-            ("grant_type", "authorization_code".to_owned()),
-            ("code", code.to_owned()),
-            ("redirect_uri", self.redirect_uri(&c.provider.name)),
-            ("code_verifier", verifier.to_owned()),
-        ];
-        self.token_call(c, token_url, form, requested).await
+        let redirect = Some(self.redirect_uri(&c.provider.name));
+        let client = self.token_client(c, token_url, redirect)?;
+        let answer = client
+            .exchange_code(oauth2::AuthorizationCode::new(code.to_owned()))
+            .set_pkce_verifier(oauth2::PkceCodeVerifier::new(verifier.to_owned()))
+            .request_async(&Capped(&self.http))
+            .await
+            .map_err(token::failure)?;
+        Ok(self.token_set(answer, requested))
     }
 
     /// Uses a refresh token at `provider`'s token endpoint. The scopes are sent again
@@ -46,102 +49,56 @@ impl OAuth {
             .ok_or(OAuthError::UnknownProvider)?;
         let endpoints = self.endpoints(c).await?;
         let requested = scopes.join(&c.provider.scope_separator);
-        let mut form = vec![
-            ("grant_type", "refresh_token".to_owned()),
-            ("refresh_token", refresh_token.reveal().to_owned()),
-        ];
+        let client = self.token_client(c, &endpoints.token, None)?;
+        let presented = oauth2::RefreshToken::new(refresh_token.reveal().to_owned());
+        let mut request = client.exchange_refresh_token(&presented);
         if c.provider.quirks.refresh_needs_scope {
-            form.push(("scope", requested.clone()));
+            // One value, joined with the provider's own separator.
+            request = request.add_scope(oauth2::Scope::new(requested.clone()));
         }
-        Ok(self
-            .token_call(c, &endpoints.token, form, &requested)
-            .await?
-            .0)
+        let answer = request
+            .request_async(&Capped(&self.http))
+            .await
+            .map_err(token::failure)?;
+        Ok(self.token_set(answer, &requested).0)
     }
 
-    /// POSTs a grant to the token endpoint with the client's authentication and reads the
-    /// token set.
-    async fn token_call(
+    /// The `oauth2` client for `c`'s token endpoint.
+    fn token_client(
         &self,
         c: &Client,
         token_url: &str,
-        mut form: Vec<(&str, String)>,
-        requested: &str,
-    ) -> Result<(TokenSet, bool), OAuthError> {
-        let p = &c.provider;
-        let mut req = self
-            .http
-            .post(token_url)
-            .header("Accept", "application/json");
-        match (p.client_auth, &c.secret) {
-            (ClientAuth::Basic, Some(secret)) => {
-                req = req.header("Authorization", basic_auth(&c.client_id, secret).as_str());
-            }
-            (ClientAuth::Post, Some(secret)) => {
-                form.push(("client_id", c.client_id.clone()));
-                form.push(("client_secret", secret.reveal().to_owned()));
-            }
-            (_, None) => form.push(("client_id", c.client_id.clone())),
-        }
-        let body = super::form_body(form.iter().map(|(k, v)| (*k, v.as_str())));
-        for (_, v) in &mut form {
-            zeroize::Zeroize::zeroize(v);
-        }
-        let resp = req
-            .header("Content-Type", "application/x-www-form-urlencoded")
-            .body(body.to_string())
-            .send()
-            .await
-            .map_err(|e| {
-                OAuthError::ProviderFailed(if e.is_timeout() {
-                    "token_endpoint_timeout".into()
-                } else {
-                    "token_endpoint_unreachable".into()
-                })
-            })?;
-        let status = resp.status();
-        let failed =
-            || OAuthError::ProviderFailed(format!("token_endpoint_status_{}", status.as_u16()));
-        let json = match read_json(resp).await {
-            Ok(json) => json,
-            Err(_) if !status.is_success() => return Err(failed()),
-            Err(e) => return Err(e),
-        };
-        if let Some(err) = json.get("error").and_then(Value::as_str) {
-            // A spent, expired or foreign code is this request's fault; anything else
-            // (invalid_client, server_error…) is the provider's or its configuration's.
-            let err = sanitize(err);
-            return Err(
-                if matches!(err.as_str(), "invalid_grant" | "access_denied") {
-                    OAuthError::ProviderError(err)
-                } else {
-                    OAuthError::ProviderFailed(err)
-                },
-            );
-        }
-        if !status.is_success() {
-            return Err(failed());
-        }
-        let text = |k: &str| json.get(k).and_then(Value::as_str).map(str::to_owned);
-        let access = text("access_token")
-            .ok_or_else(|| OAuthError::ProviderFailed("no_access_token".into()))?;
-        let said = text("scope");
-        let told = said.is_some();
-        let granted = said.unwrap_or_else(|| requested.to_owned());
+        redirect_uri: Option<String>,
+    ) -> Result<token::TokenClient, OAuthError> {
+        token::client(
+            &c.client_id,
+            c.secret.as_ref(),
+            c.provider.client_auth == ClientAuth::Basic,
+            token_url,
+            redirect_uri,
+        )
+    }
+
+    /// The token set of a token endpoint's answer, and whether it said its scopes.
+    fn token_set(&self, answer: token::Answer, requested: &str) -> (TokenSet, bool) {
+        let told = answer.scope.is_some();
+        let granted = answer.scope.unwrap_or_else(|| requested.to_owned());
         let sep: &[char] = &[' ', ','];
         let tokens = TokenSet {
-            access_token: AccessToken::new(access),
-            refresh_token: text("refresh_token").map(RefreshToken::new),
-            id_token: text("id_token").map(IdToken::new),
-            token_type: text("token_type").unwrap_or_else(|| "Bearer".into()),
-            expires_at: expires_at(self.clock.unix(), json.get("expires_in")),
+            access_token: AccessToken::new(answer.access_token.into_secret()),
+            refresh_token: answer
+                .refresh_token
+                .map(|r| RefreshToken::new(r.into_secret())),
+            id_token: answer.id_token.map(|t| IdToken::new(t.0)),
+            token_type: answer.token_type.0,
+            expires_at: expires_at(self.clock.unix(), answer.expires_in.as_ref()),
             scopes: granted
                 .split(sep)
                 .filter(|s| !s.is_empty())
                 .map(str::to_owned)
                 .collect(),
         };
-        Ok((tokens, told))
+        (tokens, told)
     }
 
     /// Fills the email (with its `email_verified`) and the name an ID token left out from
