@@ -1,5 +1,10 @@
 //! Token revocation at the provider (RFC 7009). It needs the plaintext token, so it lives
 //! with the executor: the token goes from the vault straight into the request body.
+//!
+//! Not through `oauth2`'s revocation request: it refuses any revocation URL that is not
+//! https, and a provider on loopback over plain http (a local or test provider) is allowed
+//! (SPEC §3). The body is built with `form_urlencoded`, the client authenticated as at the
+//! token endpoint.
 
 use zeroize::Zeroizing;
 
