@@ -42,6 +42,8 @@ struct Item {
 
 struct Connect {
     provider: String,
+    /// The provider's display name.
+    display: String,
     /// The scopes the offered tools need, comma-separated.
     scopes: String,
     again: bool,
@@ -58,6 +60,13 @@ pub async fn page(
 ) -> Result<Response, Error> {
     let offers = app.grants.offers(&app.policies, pending, user_id)?;
     let connections = app.vault.list(user_id).await?;
+    let displays = app.oauth.connect_providers();
+    let display_of = |provider: &str| {
+        displays
+            .iter()
+            .find(|(name, _, _)| name == provider)
+            .map_or_else(|| provider.to_owned(), |(_, display, _)| display.clone())
+    };
     let connection_of = |provider: &str| connections.iter().find(|c| c.provider() == provider);
     let mut offered = Vec::new();
     let mut refused = Vec::new();
@@ -113,6 +122,7 @@ pub async fn page(
                     }
                 }
                 None => connect.push(Connect {
+                    display: display_of(&o.provider),
                     provider: o.provider.clone(),
                     scopes: scopes.join(","),
                     again: existing.is_some(),

@@ -49,6 +49,9 @@ pub async fn home(
 pub fn sign_in_page(app: &AppState, return_to: Option<String>) -> Response {
     SignInPage {
         providers: app.oauth.login_providers(),
+        for_agent: return_to
+            .as_deref()
+            .is_some_and(|r| r.starts_with("/oauth2/authorize")),
         return_to,
     }
     .into_response()
@@ -61,6 +64,8 @@ struct SignInPage {
     providers: Vec<(String, String)>,
     /// A same-origin path to come back to after signing in.
     return_to: Option<String>,
+    /// Signing in is the first step of an application's authorization request.
+    for_agent: bool,
 }
 
 /// `templates/account.html`. Holds the CSRF token: no `Debug`.
@@ -373,6 +378,7 @@ mod tests {
         let html = SignInPage {
             providers: vec![("acme".to_owned(), "Acme \"<script>".to_owned())],
             return_to: None,
+            for_agent: false,
         }
         .render()
         .unwrap();
@@ -391,6 +397,7 @@ mod tests {
         let none = SignInPage {
             providers: vec![],
             return_to: None,
+            for_agent: false,
         }
         .render()
         .unwrap();
@@ -405,6 +412,7 @@ mod tests {
         let html = SignInPage {
             providers: vec![("acme".to_owned(), "Acme".to_owned())],
             return_to: Some("/oauth2/authorize?client_id=a&state=\"x\"".to_owned()),
+            for_agent: true,
         }
         .render()
         .unwrap();
@@ -412,6 +420,10 @@ mod tests {
             html.contains(
                 "href=\"/login/acme?return_to=%2Foauth2%2Fauthorize%3Fclient_id%3Da%26state%3D%22x%22\""
             ),
+            "{html}"
+        );
+        assert!(
+            html.contains("An application is asking for access"),
             "{html}"
         );
     }

@@ -26,6 +26,11 @@ pub(super) async fn whole_flow(site: Site) {
     let page = w.web.get(&ask.url()).await;
     assert_eq!(page.status, 200);
     assert!(page.text.contains("Sign in"), "{}", page.text);
+    assert!(
+        page.text.contains("An application is asking for access"),
+        "{}",
+        page.text
+    );
     let consent = sign_in_from(&w.web, &page).await;
     // The consent page names the agent, each item, what policy refuses and why, and the
     // provider not yet connected.
