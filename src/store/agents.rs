@@ -14,24 +14,6 @@ pub struct AgentRow {
     pub created_at: i64,
 }
 
-pub async fn insert_agent(
-    conn: &mut Conn,
-    row: &AgentRow,
-    secret_hash: &[u8],
-) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "INSERT INTO agent (id, name, secret_hash, created_at) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (name) DO NOTHING",
-    )
-    .bind(&row.id)
-    .bind(&row.name)
-    .bind(secret_hash)
-    .bind(row.created_at)
-    .execute(conn)
-    .await?;
-    Ok(done.rows_affected() > 0)
-}
-
 pub async fn list_agents<'e, E>(e: E) -> Result<Vec<AgentRow>, sqlx::Error>
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
