@@ -117,12 +117,10 @@ impl Error {
             Error::Database(e)
             | Error::Vault(VaultError::Database(e))
             | Error::Agents(crate::agents::AgentError::Database(e))
-            | Error::Session(crate::sessions::SessionError::Database(e))
-            | Error::OAuth(
-                OAuthError::Database(e)
-                | OAuthError::Vault(VaultError::Database(e))
-                | OAuthError::Session(crate::sessions::SessionError::Database(e)),
-            ) => is_unavailable(e),
+            | Error::OAuth(OAuthError::Database(e) | OAuthError::Vault(VaultError::Database(e))) => {
+                is_unavailable(e)
+            }
+            Error::Session(e) => e.database_unavailable(),
             Error::Agents(crate::agents::AgentError::Lookup { unavailable, .. }) => *unavailable,
             Error::Grant(e) => e.database_unavailable(),
             Error::NotRecorded(e) => e.unavailable,
@@ -148,9 +146,7 @@ impl Error {
             | Error::Agents(_)
             | Error::Policy(_)
             | Error::NotRecorded(_)
-            | Error::OAuth(
-                OAuthError::Database(_) | OAuthError::Vault(_) | OAuthError::Session(_),
-            ) => (
+            | Error::OAuth(OAuthError::Database(_) | OAuthError::Vault(_)) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
                 "Internal error",

@@ -18,7 +18,7 @@ use crate::audit::{self, Actor, Event, Kind};
 use crate::error::Error;
 use crate::oauth::{Callback, Disconnected, Purpose};
 use crate::secret::SessionToken;
-use crate::sessions::{Session, Sessions};
+use crate::sessions::{SessionError, Sessions, USER_KEY};
 
 /// The session cookie's name for this deployment.
 pub fn cookie_name(https: bool) -> &'static str {
@@ -45,8 +45,18 @@ fn header_value(cookie: &Cookie<'_>) -> HeaderValue {
     HeaderValue::from_str(&cookie.to_string()).unwrap_or(HeaderValue::from_static(""))
 }
 
-fn set_cookie(https: bool, token: &SessionToken) -> HeaderValue {
-    header_value(&session_cookie(https, token.reveal()))
+/// tower-sessions' layer, with the session cookie's name and attributes: the same
+/// cookie as [`session_cookie`] builds, holding the session id.
+pub fn session_layer(
+    store: crate::sessions::SessionRows,
+    https: bool,
+) -> tower_sessions::SessionManagerLayer<crate::sessions::SessionRows> {
+    tower_sessions::SessionManagerLayer::new(store)
+        .with_name(cookie_name(https))
+        .with_http_only(true)
+        .with_same_site(SameSite::Lax)
+        .with_path("/")
+        .with_secure(https)
 }
 
 /// Ends the session cookie now. Only `Max-Age=0`, not the `Expires` in the past that
@@ -57,38 +67,66 @@ fn clear_cookie(https: bool) -> HeaderValue {
     header_value(&cookie)
 }
 
-/// The session cookie's secret, if the request carries one (the first of that name, in
-/// any of its `Cookie` headers).
-fn cookie_token(headers: &HeaderMap, https: bool) -> Option<SessionToken> {
-    let name = cookie_name(https);
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(Cookie::split_parse)
-        .filter_map(Result::ok)
-        .find(|c| c.name() == name)
-        .map(|c| SessionToken::new(c.value().to_owned()))
+/// tower-sessions ends the cookie of a session that is gone with a bare
+/// `name=; Path=/; Max-Age=0; Expires=…`. A browser ignores that for a `__Host-` cookie,
+/// which must come with `Secure`; so the removal is sent with the attributes the cookie was
+/// set with, once.
+pub async fn dress_cookie_removal(
+    State(app): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let mut resp = next.run(req).await;
+    let https = app.config.https;
+    let removal = format!("{}=;", cookie_name(https));
+    let is_removal = |v: &HeaderValue| v.as_bytes().starts_with(removal.as_bytes());
+    let headers = resp.headers_mut();
+    if headers.get_all(header::SET_COOKIE).iter().any(is_removal) {
+        let kept: Vec<HeaderValue> = headers
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .filter(|v| !is_removal(v))
+            .cloned()
+            .collect();
+        headers.remove(header::SET_COOKIE);
+        for v in kept {
+            headers.append(header::SET_COOKIE, v);
+        }
+        headers.append(header::SET_COOKIE, clear_cookie(https));
+    }
+    resp
 }
 
-/// The browser's session, if it has a live one.
+/// The browser's session, if it has a live one: its id as the secret it is, the user it is
+/// signed in as (none while signing in), and tower-sessions' handle on it.
 pub struct BrowserSession {
     pub token: SessionToken,
-    pub session: Session,
+    pub user_id: Option<String>,
+    pub handle: tower_sessions::Session,
 }
 
 impl FromRequestParts<AppState> for Option<BrowserSession> {
     type Rejection = Error;
 
-    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, Error> {
-        let Some(token) = cookie_token(&parts.headers, app.config.https) else {
+    async fn from_request_parts(parts: &mut Parts, _app: &AppState) -> Result<Self, Error> {
+        let Some(handle) = parts.extensions.get::<tower_sessions::Session>().cloned() else {
             return Ok(None);
         };
-        Ok(app
-            .sessions
-            .resume(&token)
-            .await?
-            .map(|session| BrowserSession { token, session }))
+        if handle.id().is_none() {
+            return Ok(None);
+        }
+        // Loads the record: the store answers nothing for an unknown, ended or timed-out
+        // session, and tower-sessions then forgets the id.
+        let user_id: Option<String> = handle
+            .get(USER_KEY)
+            .await
+            .map_err(SessionError::from)?
+            .flatten();
+        Ok(handle.id().map(|id| BrowserSession {
+            token: Sessions::token(id),
+            user_id,
+            handle,
+        }))
     }
 }
 
@@ -102,15 +140,11 @@ impl FromRequestParts<AppState> for SignedIn {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, Error> {
-        let s = <Option<BrowserSession>>::from_request_parts(parts, app).await?;
-        match s {
+        match <Option<BrowserSession>>::from_request_parts(parts, app).await? {
             Some(BrowserSession {
                 token,
-                session:
-                    Session {
-                        user_id: Some(user_id),
-                        ..
-                    },
+                user_id: Some(user_id),
+                ..
             }) => Ok(SignedIn { token, user_id }),
             _ => Err(Error::Unauthorized),
         }
@@ -158,29 +192,35 @@ pub struct LoginQuery {
 /// `GET /login/{provider}` — start sign-in.
 pub async fn login(
     State(app): State<AppState>,
+    handle: tower_sessions::Session,
     current: Option<BrowserSession>,
     Path(provider): Path<String>,
     Query(q): Query<LoginQuery>,
 ) -> Result<Response, Error> {
-    // Discovery before the transaction; then one transaction, so an unknown provider
-    // leaves no session and no flow behind.
+    // Discovery first, so an unknown provider leaves no session and no flow behind.
     let prepared = app.oauth.prepare(&provider, Purpose::Login).await?;
-    let mut tx = app.db.begin().await?;
-    let (token, fresh) = match current {
-        Some(s) => (s.token, false),
-        None => (app.sessions.start(&mut tx, None).await?.0, true),
+    let token = match current {
+        Some(s) => s.token,
+        None => {
+            // A session for the flow to be bound to, not signed in as anyone yet.
+            handle
+                .insert(USER_KEY, Option::<String>::None)
+                .await
+                .map_err(SessionError::from)?;
+            handle.save().await.map_err(SessionError::from)?;
+            handle
+                .id()
+                .map(Sessions::token)
+                .ok_or(Error::Unauthorized)?
+        }
     };
+    let mut tx = app.db.begin().await?;
     let url = app
         .oauth
         .start(&mut tx, prepared, &token, &[], q.return_to.as_deref())
         .await?;
     tx.commit().await?;
-    let mut resp = redirect(&url);
-    if fresh {
-        resp.headers_mut()
-            .insert(header::SET_COOKIE, set_cookie(app.config.https, &token));
-    }
-    Ok(resp)
+    Ok(redirect(&url))
 }
 
 #[derive(Debug, Deserialize)]
@@ -281,20 +321,34 @@ async fn start_connect(
 }
 
 /// `GET /oauth/callback/{provider}` — the one redirect URI registered at every provider.
+/// A sign-in moves the browser to a new session id of the user (tower-sessions' `cycle_id`
+/// ends the one it came with), saved before the answer leaves; the sign-in's audit event
+/// committed before it.
 pub async fn callback(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    current: Option<BrowserSession>,
     Path(provider): Path<String>,
     Query(cb): Query<Callback>,
 ) -> Result<Response, Error> {
-    let token = cookie_token(&headers, app.config.https);
-    let done = app.oauth.finish(token.as_ref(), &provider, cb).await?;
-    let mut resp = redirect(&done.return_to);
-    if let Some((token, _)) = done.session {
-        resp.headers_mut()
-            .insert(header::SET_COOKIE, set_cookie(app.config.https, &token));
+    let (token, user_id, handle) = match current {
+        Some(s) => (Some(s.token), s.user_id, Some(s.handle)),
+        None => (None, None, None),
+    };
+    let done = app
+        .oauth
+        .finish(token.as_ref(), user_id.as_deref(), &provider, cb)
+        .await?;
+    if done.signed_in
+        && let Some(handle) = handle
+    {
+        handle.cycle_id().await.map_err(SessionError::from)?;
+        handle
+            .insert(USER_KEY, &done.user_id)
+            .await
+            .map_err(SessionError::from)?;
+        handle.save().await.map_err(SessionError::from)?;
     }
-    Ok(resp)
+    Ok(redirect(&done.return_to))
 }
 
 /// The CSRF token is not printable: no `Debug`.
@@ -427,22 +481,123 @@ pub async fn disconnect(
 
 #[cfg(test)]
 mod tests {
-    use axum::http::{HeaderMap, HeaderValue, header};
+    use std::sync::Arc;
 
-    use super::{clear_cookie, cookie_token, set_cookie};
-    use crate::secret::SessionToken;
+    use axum::Router;
+    use axum::body::Body;
+    use axum::http::{Request, header};
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    use super::{USER_KEY, clear_cookie, session_layer};
+    use crate::clock::ManualClock;
+    use crate::sessions::{SessionRows, Timeouts};
+    use crate::testkit::{Engine, TestDb};
+
+    /// The cookie tower-sessions sets carries the attributes of SPEC §6 and only the id
+    /// (22 characters of base64url: 128 bits); it is read back by its exact name.
+    #[tokio::test]
+    async fn the_session_cookie_keeps_its_name_and_attributes() {
+        let Some(t) = TestDb::new(Engine::Sqlite).await else {
+            return;
+        };
+        for https in [false, true] {
+            let store = SessionRows::new(
+                t.db.clone(),
+                Arc::new(ManualClock::at_unix(1_800_000_000)),
+                Timeouts {
+                    idle: 60,
+                    absolute: 600,
+                },
+            );
+            let app = Router::new()
+                .route(
+                    "/start",
+                    get(|s: tower_sessions::Session| async move {
+                        s.insert(USER_KEY, Option::<String>::None).await.unwrap();
+                    }),
+                )
+                .route(
+                    "/who",
+                    get(|s: tower_sessions::Session| async move {
+                        s.get::<Option<String>>(USER_KEY)
+                            .await
+                            .unwrap()
+                            .is_some()
+                            .to_string()
+                    }),
+                )
+                .layer(session_layer(store, https));
+            let resp = app
+                .clone()
+                .oneshot(Request::get("/start").body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            let set = resp.headers()[header::SET_COOKIE]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            let (name, rest) = set.split_once('=').unwrap();
+            let (value, attributes) = rest.split_once(';').unwrap();
+            assert_eq!(
+                name,
+                if https {
+                    "__Host-strongbox"
+                } else {
+                    "strongbox"
+                }
+            );
+            assert_eq!(value.len(), 22, "{set}");
+            let expected = if https {
+                " HttpOnly; SameSite=Lax; Secure; Path=/"
+            } else {
+                " HttpOnly; SameSite=Lax; Path=/"
+            };
+            assert_eq!(attributes, expected);
+            let stored: Vec<Vec<u8>> = sqlx::query_scalar("SELECT token_hash FROM session")
+                .fetch_all(t.db.pool())
+                .await
+                .unwrap();
+            assert!(
+                stored
+                    .iter()
+                    .all(|h| h.len() == 32 && h.as_slice() != value.as_bytes())
+            );
+            // The other deployment's name is someone else's cookie.
+            for (cookie, known) in [
+                (format!("{name}={value}"), true),
+                (format!("a=1; x{name}=no; {name}={value} ; b=2"), true),
+                (format!("strongbox-other={value}"), false),
+                (
+                    format!(
+                        "{}={value}",
+                        if https {
+                            "strongbox"
+                        } else {
+                            "__Host-strongbox"
+                        }
+                    ),
+                    false,
+                ),
+            ] {
+                let resp = app
+                    .clone()
+                    .oneshot(
+                        Request::get("/who")
+                            .header(header::COOKIE, cookie.as_str())
+                            .body(Body::empty())
+                            .unwrap(),
+                    )
+                    .await
+                    .unwrap();
+                let body = axum::body::to_bytes(resp.into_body(), 64).await.unwrap();
+                assert_eq!(body == "true", known, "{cookie}");
+            }
+        }
+    }
 
     #[test]
-    fn session_cookie_attributes() {
-        let token = SessionToken::new("s3cr3t-Tok_en".to_owned());
-        assert_eq!(
-            set_cookie(false, &token),
-            "strongbox=s3cr3t-Tok_en; HttpOnly; SameSite=Lax; Path=/"
-        );
-        assert_eq!(
-            set_cookie(true, &token),
-            "__Host-strongbox=s3cr3t-Tok_en; HttpOnly; SameSite=Lax; Secure; Path=/"
-        );
+    fn the_cookie_is_cleared_with_its_attributes() {
         assert_eq!(
             clear_cookie(false),
             "strongbox=; HttpOnly; SameSite=Lax; Path=/; Max-Age=0"
@@ -450,41 +605,6 @@ mod tests {
         assert_eq!(
             clear_cookie(true),
             "__Host-strongbox=; HttpOnly; SameSite=Lax; Secure; Path=/; Max-Age=0"
-        );
-    }
-
-    fn read(https: bool, cookies: &[&str]) -> Option<String> {
-        let mut headers = HeaderMap::new();
-        for c in cookies {
-            headers.append(header::COOKIE, HeaderValue::from_str(c).unwrap());
-        }
-        cookie_token(&headers, https).map(|t| t.reveal().to_owned())
-    }
-
-    #[test]
-    fn reads_the_session_cookie_by_its_exact_name() {
-        assert_eq!(read(false, &[]), None);
-        assert_eq!(read(false, &["strongbox=tok"]).as_deref(), Some("tok"));
-        assert_eq!(
-            read(false, &["a=1; xstrongbox=no;strongbox=tok ; b=2"]).as_deref(),
-            Some("tok")
-        );
-        // Any of several `Cookie` headers; pieces that are no cookie are skipped.
-        assert_eq!(
-            read(false, &["a=1", "junk; =x; strongbox=tok"]).as_deref(),
-            Some("tok")
-        );
-        // The first of that name wins, as before.
-        assert_eq!(
-            read(false, &["strongbox=one; strongbox=two"]).as_deref(),
-            Some("one")
-        );
-        // The name follows the deployment: the other one is someone else's cookie.
-        assert_eq!(read(true, &["strongbox=tok"]), None);
-        assert_eq!(read(false, &["__Host-strongbox=tok"]), None);
-        assert_eq!(
-            read(true, &["strongbox=no; __Host-strongbox=tok"]).as_deref(),
-            Some("tok")
         );
     }
 }

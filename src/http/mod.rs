@@ -90,7 +90,6 @@ impl AppState {
         let oauth = OAuth::new(
             db.clone(),
             Arc::clone(&vault),
-            Arc::clone(&sessions),
             &providers,
             secrets,
             &config,
@@ -204,15 +203,12 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             guard::rate_limit,
         ));
-    let router = Router::new()
+    // Routes a browser session reaches: tower-sessions reads the cookie (lazily: a route
+    // that does not look at its session reads nothing) and saves what changed.
+    let browser = Router::new()
         .route("/", get(pages::home))
-        .route("/static/app.css", get(pages::stylesheet))
         .route("/connections/{id}/disconnect", post(pages::disconnect_form))
         .route("/sessions/end-all", post(pages::end_all_form))
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
-        .route("/openapi.json", get(openapi::openapi))
         .merge(sign_in)
         .route("/logout", post(browser::logout))
         .route("/api/me", get(browser::me))
@@ -226,6 +222,26 @@ pub fn app(state: AppState) -> Router {
         .route("/api/grants", get(oauth2::grants))
         .route("/api/grants/{id}", delete(oauth2::revoke_grant))
         .route("/grants/{id}/revoke", post(oauth2::revoke_grant_form))
+        .route("/admin/keys", get(admin::keys))
+        .route("/admin/keys/rotate", post(admin::rotate))
+        .route("/admin/keys/rewrap", post(admin::rewrap))
+        .route("/admin/audit", get(admin::audit_events))
+        .route("/admin/users/{id}/revoke", post(admin::revoke_user))
+        .layer(browser::session_layer(
+            state.sessions.store(),
+            state.config.https,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            browser::dress_cookie_removal,
+        ));
+    let router = Router::new()
+        .route("/static/app.css", get(pages::stylesheet))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(openapi::openapi))
+        .merge(browser)
         .route(
             "/.well-known/oauth-authorization-server",
             get(oauth2::metadata),
@@ -240,11 +256,6 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/oauth2/token", post(oauth2::token))
         .route("/oauth2/revoke", post(oauth2::revoke))
-        .route("/admin/keys", get(admin::keys))
-        .route("/admin/keys/rotate", post(admin::rotate))
-        .route("/admin/keys/rewrap", post(admin::rewrap))
-        .route("/admin/audit", get(admin::audit_events))
-        .route("/admin/users/{id}/revoke", post(admin::revoke_user))
         .route("/v1/tools", get(agent::list_tools))
         .route("/v1/tools/{tool}/run", post(agent::run_tool))
         .route("/v1/credentials/{provider}", post(agent::release))

@@ -124,7 +124,7 @@ pub async fn authorize(
         Ok(p) => p,
         Err(r) => return Ok(refused(r)),
     };
-    let signed_in = current.and_then(|s| s.session.user_id.clone().map(|u| (s.token, u)));
+    let signed_in = current.and_then(|s| s.user_id.map(|u| (s.token, u)));
     let Some((token, user_id)) = signed_in else {
         return Ok(super::pages::sign_in_page(&app, Some(authorize_path(&req))));
     };

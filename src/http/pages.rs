@@ -35,12 +35,13 @@ pub async fn home(
     current: Option<BrowserSession>,
 ) -> Result<Response, Error> {
     match current {
-        Some(BrowserSession { token, session }) if session.user_id.is_some() => {
-            let user_id = session.user_id.unwrap_or_default();
-            Ok(account(&app, SignedIn { token, user_id })
-                .await?
-                .into_response())
-        }
+        Some(BrowserSession {
+            token,
+            user_id: Some(user_id),
+            ..
+        }) => Ok(account(&app, SignedIn { token, user_id })
+            .await?
+            .into_response()),
         _ => Ok(sign_in_page(&app, None)),
     }
 }

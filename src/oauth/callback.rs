@@ -1,7 +1,8 @@
 //! The callback half of a flow: the one-time state is spent, the code redeemed, the
 //! person identified (a validated ID token, completed from UserInfo where it leaves the
-//! email or name out; or the userinfo answer), and the identity, session, tokens and audit
-//! event written in one transaction.
+//! email or name out; or the userinfo answer), and the identity, tokens and audit event
+//! written in one transaction. A sign-in's new browser session is made by the caller once
+//! that transaction has committed: the event is durable before the session exists.
 
 use super::wire::Person;
 use super::{Callback, Client, Finished, OAuth, OAuthError, Purpose, sanitize};
@@ -14,10 +15,12 @@ use crate::store::users;
 use crate::vault::{Scopes, TokenSet};
 
 impl OAuth {
-    /// Completes a flow from the provider's callback, for the browser session `session`.
+    /// Completes a flow from the provider's callback, for the browser session `session`,
+    /// which is signed in as `signed_in_as` (if anyone).
     pub async fn finish(
         &self,
         session: Option<&SessionToken>,
+        signed_in_as: Option<&str>,
         provider: &str,
         cb: Callback,
     ) -> Result<Finished, OAuthError> {
@@ -45,11 +48,10 @@ impl OAuth {
             _ => Purpose::Login,
         };
         // A connection is only added for a session that is still signed in as its user.
-        if let Purpose::Connect { user_id } = &purpose {
-            let live = self.sessions.resume(session).await?;
-            if live.and_then(|s| s.user_id).as_deref() != Some(user_id.as_str()) {
-                return Err(OAuthError::InvalidState);
-            }
+        if let Purpose::Connect { user_id } = &purpose
+            && signed_in_as != Some(user_id.as_str())
+        {
+            return Err(OAuthError::InvalidState);
         }
         let c = self.client(provider, &purpose)?;
         // RFC 9207: where the provider names itself, it must be the one we asked.
@@ -113,15 +115,8 @@ impl OAuth {
                 self.userinfo(c, url, &tokens.access_token).await?
             }
         };
-        self.complete(
-            c,
-            purpose,
-            who,
-            (tokens, scopes_told),
-            Some(session),
-            flow.return_to,
-        )
-        .await
+        self.complete(c, purpose, who, (tokens, scopes_told), flow.return_to)
+            .await
     }
 
     async fn complete(
@@ -130,7 +125,6 @@ impl OAuth {
         purpose: Purpose,
         who: Person,
         (tokens, scopes_told): (TokenSet, bool),
-        session: Option<&SessionToken>,
         return_to: String,
     ) -> Result<Finished, OAuthError> {
         let provider = c.provider.name.as_str();
@@ -146,29 +140,27 @@ impl OAuth {
             name: who.name.as_deref(),
             now,
         };
-        let (user_id, kind, new_session) = match (&purpose, known) {
+        let (user_id, kind) = match (&purpose, known) {
             (Purpose::Login, Some(user_id)) => {
                 identities::update(&mut tx, &identity(&user_id)).await?;
-                let s = self.sessions.sign_in(&mut tx, session, &user_id).await?;
-                (user_id, AuditKind::SignIn, Some(s))
+                (user_id, AuditKind::SignIn)
             }
             (Purpose::Login, None) => {
                 let user_id = uuid::Uuid::now_v7().to_string();
                 users::insert(&mut tx, &user_id, now).await?;
                 identities::insert(&mut tx, &identity(&user_id)).await?;
-                let s = self.sessions.sign_in(&mut tx, session, &user_id).await?;
-                (user_id, AuditKind::SignIn, Some(s))
+                (user_id, AuditKind::SignIn)
             }
             (Purpose::Connect { user_id }, Some(owner)) if owner != *user_id => {
                 return Err(OAuthError::AlreadyLinked);
             }
             (Purpose::Connect { user_id }, Some(_)) => {
                 identities::update(&mut tx, &identity(user_id)).await?;
-                (user_id.clone(), AuditKind::Connect, None)
+                (user_id.clone(), AuditKind::Connect)
             }
             (Purpose::Connect { user_id }, None) => {
                 identities::insert(&mut tx, &identity(user_id)).await?;
-                (user_id.clone(), AuditKind::Connect, None)
+                (user_id.clone(), AuditKind::Connect)
             }
         };
         // The stored scopes are what the new token carries: exactly what the provider said
@@ -187,8 +179,8 @@ impl OAuth {
             .await?;
         tx.commit().await?;
         Ok(Finished {
+            signed_in: kind == AuditKind::SignIn,
             user_id,
-            session: new_session,
             return_to,
         })
     }

@@ -27,7 +27,6 @@ use crate::crypto::{fill_random, hmac_sha256, sha256};
 use crate::oidc::Oidc;
 use crate::providers::Provider;
 use crate::secret::{ClientSecret, SessionToken};
-use crate::sessions::{Session, Sessions};
 use crate::store::identities::{self, FlowRow};
 use crate::store::{Conn, Db};
 use crate::vault::Vault;
@@ -60,8 +59,6 @@ pub enum OAuthError {
     Database(#[from] sqlx::Error),
     #[error(transparent)]
     Vault(#[from] crate::vault::VaultError),
-    #[error(transparent)]
-    Session(#[from] crate::sessions::SessionError),
 }
 
 /// Where and how a provider revokes tokens (RFC 7009).
@@ -113,8 +110,8 @@ impl std::fmt::Debug for Callback {
 #[derive(Debug)]
 pub struct Finished {
     pub user_id: String,
-    /// A new session, on sign-in.
-    pub session: Option<(SessionToken, Session)>,
+    /// Whether this was a sign-in: the browser then moves to a new session of this user.
+    pub signed_in: bool,
     pub return_to: String,
 }
 
@@ -129,7 +126,6 @@ struct Client {
 pub struct OAuth {
     db: Db,
     vault: Arc<Vault>,
-    sessions: Arc<Sessions>,
     clients: BTreeMap<String, Client>,
     http: reqwest::Client,
     public_url: String,
@@ -239,7 +235,6 @@ impl OAuth {
     pub fn new(
         db: Db,
         vault: Arc<Vault>,
-        sessions: Arc<Sessions>,
         providers: &BTreeMap<String, Provider>,
         secrets: BTreeMap<String, ClientSecret>,
         config: &crate::config::Config,
@@ -270,7 +265,6 @@ impl OAuth {
             oidc: Oidc::new(config.https),
             db,
             vault,
-            sessions,
             clients,
             http,
             public_url: config.public_url.clone(),
