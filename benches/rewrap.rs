@@ -1,6 +1,13 @@
 //! Rewrap throughput: seeds N records (default 1,000,000; `REWRAP_RECORDS`) under KEK 1,
 //! rotates, and times `keys rewrap` — on SQLite, and on PostgreSQL when `DATABASE_URL`
-//! is set. `REWRAP_BATCH=1000,5000` times one rewrap per batch size (rotating in between). Target: 1,000,000 records in ≤ 60 s on each. Run: `cargo bench --bench rewrap`.
+//! is set. `REWRAP_BATCH=1000,5000` times one rewrap per batch size (rotating in between).
+//! Target: 1,000,000 records in ≤ 20 s on each. Run: `cargo bench --bench rewrap`.
+//!
+//! Meanwhile the service answers raw releases (`POST /v1/credentials/acme`, every one
+//! durably audited) of a credential that is itself under the old KEK until the rewrap
+//! reaches it, on a fixed schedule (`REWRAP_RELEASE_RATE`, default 500 a second, over 4
+//! keep-alive connections; a late answer counts from its scheduled time): their latency
+//! is reported for a quiet second before and for the whole rewrap.
 //!
 //! Seeding writes real envelopes (sealed with the unsealed KEK, bound to their rows) in
 //! multi-row inserts, because storing a million rows one transaction at a time would
@@ -16,14 +23,21 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
 use sqlx::{Connection, Executor};
-use strongbox::audit::Actor;
+use strongbox::agents::{Grant, token_text};
+use strongbox::audit::{Actor, Event, Kind};
 use strongbox::clock::{Clock, SystemClock};
 use strongbox::crypto::{AeadKey, Cipher, Key32};
+use strongbox::secret::AccessToken;
 use strongbox::store::{Db, kek};
 use strongbox::vault::envelope::{self, Binding};
 use strongbox::vault::keyring::unseal_kek;
 use strongbox::vault::{RootKey, RootKeySource, Vault, VaultSettings};
+use strongbox::vault::{Scopes, TokenSet};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 const USERS: usize = 1000;
 
@@ -96,15 +110,193 @@ async fn seed(url: &str, n: usize) {
     tx.commit().await.unwrap();
 }
 
+const POLICY: &str = r#"permit(principal == Agent::"bench", action == Action::"fetch_credential", resource == Provider::"acme");"#;
+
+/// Serves the app on loopback with one user's credential (under the current KEK), an
+/// agent and a delegation; returns the address and a release request.
+async fn serve_releases(
+    db: &Db,
+    vault: &Arc<Vault>,
+    clock: &Arc<dyn Clock>,
+) -> (std::net::SocketAddr, Vec<u8>) {
+    let policies = tempfile::tempdir().unwrap();
+    std::fs::write(policies.path().join("bench.cedar"), POLICY).unwrap();
+    let config = strongbox::config::Config::from_toml(&format!(
+        "policies_dir = \"{}\"\n\
+         [limits]\nsignin_per_second = 0\nagent_user_per_second = 0\nagent_per_second = 0\n\
+         [providers.acme]\nkind = \"oauth2\"\nclient_id = \"cid\"\nclient_secret = \"cs\"\n\
+         authorize_url = \"http://127.0.0.1:9/a\"\ntoken_url = \"http://127.0.0.1:9/t\"\n",
+        policies.path().display()
+    ))
+    .unwrap();
+    let state =
+        strongbox::AppState::build(config, db.clone(), Arc::clone(vault), Arc::clone(clock))
+            .unwrap();
+    std::mem::forget(policies); // read at start; kept for the life of the bench
+    let user = "release-user";
+    let mut tx = db.begin().await.unwrap();
+    strongbox::store::users::insert(&mut tx, user, clock.unix())
+        .await
+        .unwrap();
+    let tokens = TokenSet {
+        access_token: AccessToken::new("at-bench-not-a-real-token".into()),
+        refresh_token: None,
+        id_token: None,
+        token_type: "Bearer".into(),
+        expires_at: Some(clock.unix() + 86_400),
+        scopes: vec!["read".into()],
+    };
+    let event = Event::new(Kind::CredentialStored, Actor::Cli, format!("user:{user}"));
+    vault
+        .store(&mut tx, event, user, "acme", &tokens, Scopes::Replace)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let (agent, secret) = state
+        .agents
+        .add("bench", &Default::default(), Actor::Cli)
+        .await
+        .unwrap();
+    let secret = strongbox::agents::secret_text(&secret.unwrap());
+    let grant = Grant {
+        agent: "bench".into(),
+        tools: vec![],
+        providers: vec!["acme".into()],
+        ttl: 3600,
+    };
+    let mut tx = db.begin().await.unwrap();
+    let (dlg, _) = state
+        .agents
+        .delegate(&mut tx, user, &agent, &grant)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = strongbox::app(state);
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    let request = format!(
+        "POST /v1/credentials/acme HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\
+         Strongbox-Delegation: {}\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}",
+        secret.as_str(),
+        token_text(&dlg).as_str(),
+    )
+    .into_bytes();
+    (addr, request)
+}
+
+/// Sends `request` at `rate` a second over 4 keep-alive connections until `stop`; returns
+/// each latency (from its scheduled time) and how many answers were not 200.
+async fn releases(
+    addr: std::net::SocketAddr,
+    request: Arc<Vec<u8>>,
+    rate: f64,
+    stop: Arc<AtomicBool>,
+) -> (Vec<Duration>, usize) {
+    const CONNECTIONS: usize = 4;
+    let every = Duration::from_secs_f64(CONNECTIONS as f64 / rate);
+    let mut tasks = Vec::new();
+    for c in 0..CONNECTIONS {
+        let (request, stop) = (Arc::clone(&request), Arc::clone(&stop));
+        tasks.push(tokio::spawn(async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            tcp.set_nodelay(true).unwrap();
+            let (r, mut w) = tcp.into_split();
+            let mut r = BufReader::new(r);
+            let (mut latencies, mut failed) = (Vec::new(), 0);
+            let start = Instant::now() + every.mul_f64(c as f64 / CONNECTIONS as f64);
+            let mut k = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let due = start + every * k;
+                tokio::time::sleep_until(due.into()).await;
+                w.write_all(&request).await.unwrap();
+                let (mut line, mut length) = (String::new(), 0usize);
+                r.read_line(&mut line).await.unwrap();
+                let ok = line.starts_with("HTTP/1.1 200");
+                loop {
+                    line.clear();
+                    r.read_line(&mut line).await.unwrap();
+                    if line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap();
+                    }
+                }
+                let mut body = vec![0; length];
+                r.read_exact(&mut body).await.unwrap();
+                latencies.push(due.elapsed());
+                failed += usize::from(!ok);
+                k += 1;
+            }
+            (latencies, failed)
+        }));
+    }
+    let (mut all, mut failed) = (Vec::new(), 0);
+    for t in tasks {
+        let (l, f) = t.await.unwrap();
+        all.extend(l);
+        failed += f;
+    }
+    all.sort_unstable();
+    (all, failed)
+}
+
+fn summary((latencies, failed): &(Vec<Duration>, usize)) -> String {
+    let pct = |p: f64| {
+        let i = ((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1));
+        latencies.get(i).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    format!(
+        "{} releases, p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms, {failed} not 200",
+        latencies.len(),
+        pct(0.50),
+        pct(0.99),
+        pct(1.0)
+    )
+}
+
 async fn run(label: &str, url: &str, n: usize) {
     let db = Db::connect(url).await.unwrap();
     db.migrate().await.unwrap();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let vault = Vault::new(db, root(), VaultSettings::default(), clock);
+    let vault = Arc::new(Vault::new(
+        db.clone(),
+        root(),
+        VaultSettings::default(),
+        Arc::clone(&clock),
+    ));
     vault.init(Actor::Cli).await.unwrap();
     let t = Instant::now();
     seed(url, n).await;
     eprintln!("{label}: seeded {n} records in {:.1?}", t.elapsed());
+    let (addr, request) = serve_releases(&db, &vault, &clock).await;
+    let request = Arc::new(request);
+    let rate: f64 = std::env::var("REWRAP_RELEASE_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500.0);
+    let stop = Arc::new(AtomicBool::new(false));
+    let quiet = tokio::spawn(releases(
+        addr,
+        Arc::clone(&request),
+        rate,
+        Arc::clone(&stop),
+    ));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let quiet = quiet.await.unwrap();
+    println!(
+        "{label}: releases at {rate:.0}/s before the rewrap: {}",
+        summary(&quiet)
+    );
     vault.rotate(Actor::Cli).await.unwrap();
     let batches: Vec<usize> = std::env::var("REWRAP_BATCH")
         .ok()
@@ -114,17 +306,31 @@ async fn run(label: &str, url: &str, n: usize) {
         if i > 0 {
             vault.rotate(Actor::Cli).await.unwrap();
         }
+        let stop = Arc::new(AtomicBool::new(false));
+        let during = tokio::spawn(releases(
+            addr,
+            Arc::clone(&request),
+            rate,
+            Arc::clone(&stop),
+        ));
         let t = Instant::now();
         let report = vault.rewrap(Actor::Cli, batch).await.unwrap();
         let secs = t.elapsed().as_secs_f64();
-        assert_eq!(report.rewrapped as usize, n);
+        stop.store(true, Ordering::Relaxed);
+        let during = during.await.unwrap();
+        // Every record, the served credential's included.
+        assert_eq!(report.rewrapped as usize, n + 1);
         println!(
             "{label}: rewrap of {n} records (batch {batch}) took {secs:.2} s = {:.0} records/s",
             n as f64 / secs
         );
+        println!(
+            "{label}: releases at {rate:.0}/s during the rewrap: {}",
+            summary(&during)
+        );
     }
     let status = vault.status().await.unwrap();
-    assert_eq!(status.versions.last().unwrap().records as usize, n);
+    assert_eq!(status.versions.last().unwrap().records as usize, n + 1);
 }
 
 #[tokio::main]

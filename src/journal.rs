@@ -246,12 +246,7 @@ async fn commit(
         // PostgreSQL): a change committed before it is seen; a revocation, refresh or
         // disconnect not yet committed appends its own event, so it waits for this
         // transaction and comes after the release.
-        let mut stale = Vec::new();
-        for (i, basis) in &bases {
-            if !agent_rows::basis_holds(&mut tx, basis, now).await? {
-                stale.push(*i);
-            }
-        }
+        let stale = agent_rows::stale_bases(&mut tx, &bases, now).await?;
         if !stale.is_empty() {
             // Rolled back: nothing of the batch is written.
             return Ok(Committed::Stale(stale));

@@ -294,6 +294,72 @@ impl std::fmt::Debug for Basis {
     }
 }
 
+/// Bases as the JSON array the one-statement checks read: `i` is the caller's index.
+pub(super) fn bases_json<'a>(bases: impl Iterator<Item = (usize, &'a Basis)>) -> String {
+    let hex = crate::crypto::hex;
+    serde_json::Value::Array(
+        bases
+            .map(|(i, b)| {
+                serde_json::json!({
+                    "i": i, "agent": b.agent_id, "secret": hex(&b.secret_hash),
+                    "token": hex(&b.token_hash), "conn": b.connection_id, "gen": b.generation,
+                    "kek": b.kek_version, "status": b.status,
+                })
+            })
+            .collect(),
+    )
+    .to_string()
+}
+
+/// The indexes (ascending) of the bases that no longer hold at `now`, inside the caller's
+/// transaction. Releases of one agent for one user share a basis, so each distinct basis
+/// is checked once; on SQLite all of them in one statement (a round trip to SQLite's
+/// thread per release was most of an audit batch's time), on PostgreSQL one at a time,
+/// each with a snapshot of its own.
+pub async fn stale_bases(
+    conn: &mut Conn,
+    bases: &[(usize, &Basis)],
+    now: i64,
+) -> Result<Vec<usize>, sqlx::Error> {
+    let mut distinct: Vec<(&Basis, Vec<usize>)> = Vec::new();
+    for (i, b) in bases {
+        match distinct.iter_mut().find(|(d, _)| *d == *b) {
+            Some((_, at)) => at.push(*i),
+            None => distinct.push((b, vec![*i])),
+        }
+    }
+    let mut stale = Vec::new();
+    if conn.backend_name().eq_ignore_ascii_case("sqlite") {
+        let json = bases_json(distinct.iter().enumerate().map(|(k, (b, _))| (k, *b)));
+        let found: Vec<i64> = sqlx::query_scalar(
+            "SELECT CAST(j.value ->> 'i' AS INTEGER) FROM json_each($1) AS j \
+             WHERE NOT EXISTS (SELECT 1 FROM agent a, delegation d, connection c \
+             WHERE a.id = j.value ->> 'agent' AND a.secret_hash = unhex(j.value ->> 'secret') \
+             AND d.token_hash = unhex(j.value ->> 'token') AND d.agent_id = a.id \
+             AND c.user_id = d.user_id AND c.id = j.value ->> 'conn' \
+             AND c.generation = j.value ->> 'gen' AND c.kek_version = j.value ->> 'kek' \
+             AND c.status = j.value ->> 'status' AND d.expires_at > $2)",
+        )
+        .bind(json)
+        .bind(now)
+        .fetch_all(&mut *conn)
+        .await?;
+        for k in found {
+            if let Some((_, at)) = usize::try_from(k).ok().and_then(|k| distinct.get(k)) {
+                stale.extend_from_slice(at);
+            }
+        }
+    } else {
+        for (b, at) in &distinct {
+            if !basis_holds(&mut *conn, b, now).await? {
+                stale.extend_from_slice(at);
+            }
+        }
+    }
+    stale.sort_unstable();
+    Ok(stale)
+}
+
 /// Whether every row `basis` was read from is still as it was, and the delegation unexpired
 /// at `now`, inside the caller's transaction.
 pub async fn basis_holds(conn: &mut Conn, basis: &Basis, now: i64) -> Result<bool, sqlx::Error> {

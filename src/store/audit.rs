@@ -41,20 +41,12 @@ pub async fn insert_many(conn: &mut Conn, events: &[EventRow]) -> Result<(), sql
         "INSERT INTO audit_event (seq, at_ms, kind, actor, subject, outcome, request_id, detail, \
          prev_hash, hash) VALUES ",
     );
+    let mut p = super::Params::for_conn(conn);
     for i in 0..events.len() {
-        let b = i * 10;
         if i > 0 {
             sql.push(',');
         }
-        sql.push('(');
-        for j in 1..=10 {
-            if j > 1 {
-                sql.push(',');
-            }
-            sql.push('$');
-            sql.push_str(&(b + j).to_string());
-        }
-        sql.push(')');
+        p.push_tuple(&mut sql, 10);
     }
     let mut q = sqlx::query(&sql);
     for e in events {
@@ -120,19 +112,7 @@ where
             .collect(),
     )
     .to_string();
-    let conditions = serde_json::Value::Array(
-        bases
-            .iter()
-            .map(|(i, b)| {
-                serde_json::json!({
-                    "i": i, "agent": b.agent_id, "secret": hex(&b.secret_hash),
-                    "token": hex(&b.token_hash), "conn": b.connection_id, "gen": b.generation,
-                    "kek": b.kek_version, "status": b.status,
-                })
-            })
-            .collect(),
-    )
-    .to_string();
+    let conditions = super::agents::bases_json(bases.iter().map(|(i, b)| (*i, *b)));
     let row = sqlx::query(
         "WITH stale AS (SELECT b.i FROM json_to_recordset($5::json) AS b(i BIGINT, \
          agent TEXT, secret TEXT, token TEXT, conn TEXT, gen BIGINT, kek BIGINT, status TEXT) \

@@ -249,23 +249,39 @@ pub async fn stale_batch<'e, E>(
     primary: i64,
     after_id: &str,
     limit: i64,
-) -> Result<Vec<ConnectionRow>, sqlx::Error>
+) -> Result<Vec<StaleRow>, sqlx::Error>
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
-    let sql = format!(
-        "SELECT {COLUMNS} FROM connection WHERE kek_version < $1 AND id > $2 \
-         ORDER BY id LIMIT $3"
-    );
-    sqlx::query(&sql)
-        .bind(primary)
-        .bind(after_id)
-        .bind(limit)
-        .fetch_all(e)
-        .await?
-        .iter()
-        .map(from_row)
-        .collect()
+    sqlx::query(
+        "SELECT id, generation, kek_version, envelope FROM connection \
+         WHERE kek_version < $1 AND id > $2 ORDER BY id LIMIT $3",
+    )
+    .bind(primary)
+    .bind(after_id)
+    .bind(limit)
+    .fetch_all(e)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(StaleRow {
+            id: r.try_get("id")?,
+            generation: r.try_get("generation")?,
+            kek_version: r.try_get("kek_version")?,
+            envelope: r.try_get("envelope")?,
+        })
+    })
+    .collect()
+}
+
+/// What a rewrap reads of a record: enough to re-wrap its key and swap it back in only if
+/// nothing changed meanwhile.
+#[derive(Debug)]
+pub struct StaleRow {
+    pub id: String,
+    pub generation: i64,
+    pub kek_version: i64,
+    pub envelope: Vec<u8>,
 }
 
 /// Every row in id order after `after_id`; for whole-vault checks.
@@ -306,21 +322,23 @@ pub async fn swap_envelopes(
     if swaps.is_empty() {
         return Ok(0);
     }
-    let mut sql = String::with_capacity(128 + swaps.len() * 24);
+    // Bound in text order: the rows, then the new version.
+    let mut p = super::Params::for_conn(conn);
+    let mut sql = String::with_capacity(160 + swaps.len() * 24);
     sql.push_str("WITH v (id, gen, old, env) AS (VALUES ");
     for i in 0..swaps.len() {
-        let b = 2 + i * 4;
         if i > 0 {
             sql.push(',');
         }
-        sql.push_str(&format!("(${}, ${}, ${}, ${})", b, b + 1, b + 2, b + 3));
+        p.push_tuple(&mut sql, 4);
     }
+    sql.push_str(") UPDATE connection SET envelope = v.env, kek_version = ");
+    p.push(&mut sql);
     sql.push_str(
-        ") UPDATE connection SET envelope = v.env, kek_version = $1 FROM v \
-         WHERE connection.id = v.id AND connection.generation = v.gen \
+        " FROM v WHERE connection.id = v.id AND connection.generation = v.gen \
          AND connection.kek_version = v.old",
     );
-    let mut q = sqlx::query(&sql).bind(new_version);
+    let mut q = sqlx::query(&sql);
     for s in swaps {
         q = q
             .bind(s.id.as_str())
@@ -328,6 +346,7 @@ pub async fn swap_envelopes(
             .bind(s.old_version)
             .bind(s.envelope.as_slice());
     }
+    let q = q.bind(new_version);
     Ok(q.execute(conn).await?.rows_affected())
 }
 
@@ -458,15 +477,11 @@ where
 /// Records a use of several credentials at `now` with one statement.
 pub async fn touch_many(conn: &mut Conn, ids: &[&str], now: i64) -> Result<(), sqlx::Error> {
     for chunk in ids.chunks(500) {
-        let mut sql = String::from("UPDATE connection SET last_used_at = $1 WHERE id IN (");
-        for i in 0..chunk.len() {
-            if i > 0 {
-                sql.push(',');
-            }
-            sql.push('$');
-            sql.push_str(&(i + 2).to_string());
-        }
-        sql.push(')');
+        let mut p = super::Params::for_conn(conn);
+        let mut sql = String::from("UPDATE connection SET last_used_at = ");
+        p.push(&mut sql);
+        sql.push_str(" WHERE id IN ");
+        p.push_tuple(&mut sql, chunk.len());
         let mut q = sqlx::query(&sql).bind(now);
         for id in chunk {
             q = q.bind(*id);

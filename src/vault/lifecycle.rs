@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use futures_util::future::join_all;
 use serde_json::json;
 
 use super::{Envelope, RootKey, Vault, VaultError, auth, envelope, keyring};
@@ -15,7 +16,7 @@ use crate::audit::{self, Actor, Event, Kind};
 use crate::crypto::{AeadKey, Key32};
 use crate::store::connection::{self as conns, Swap};
 use crate::store::kek::{self, KekState};
-use crate::store::{Conn, is_unique_violation};
+use crate::store::{Backend, Conn, is_unique_violation};
 
 /// The most rows one swap statement carries (4 parameters each, far below every
 /// backend's limit).
@@ -158,9 +159,15 @@ impl Vault {
     }
 
     /// Re-wraps every record under an older KEK with the primary, `batch` rows per
-    /// committed transaction. While one batch is written, the next is read and re-wrapped.
+    /// committed transaction. While batches are written, the next is read and re-wrapped.
+    /// On PostgreSQL two batches are written at once (the server's work on a batch is
+    /// mostly index upkeep, one core per transaction); SQLite has one writer.
     pub async fn rewrap(&self, actor: Actor, batch: usize) -> Result<RewrapReport, VaultError> {
         let limit = i64::try_from(batch.max(1)).unwrap_or(1000);
+        let writers = match self.db.backend() {
+            Backend::Postgres => 2,
+            Backend::Sqlite => 1,
+        };
         let mut report = RewrapReport::default();
         'scan: loop {
             let primary = kek::primary(self.db.pool())
@@ -170,18 +177,37 @@ impl Vault {
             let target = self.kek(primary).await?;
             report.failed.clear();
             let mut next = self.prepare(primary, &target, "", limit).await?;
-            while let Some(current) = next.take() {
+            while let Some(first) = next.take() {
+                let mut batches = vec![first];
+                while batches.len() < writers {
+                    let after = batches.last().map(|b| b.last.clone()).unwrap_or_default();
+                    match self.prepare(primary, &target, &after, limit).await? {
+                        Some(b) => batches.push(b),
+                        None => break,
+                    }
+                }
+                let after = batches.last().map(|b| b.last.clone()).unwrap_or_default();
+                let writes = batches
+                    .iter()
+                    .map(|b| self.write_batch(&actor, primary, &b.swaps));
                 let (written, prepared) = tokio::join!(
-                    self.write_batch(&actor, primary, &current.swaps),
-                    self.prepare(primary, &target, &current.last, limit),
+                    join_all(writes),
+                    self.prepare(primary, &target, &after, limit),
                 );
-                let Some((changed, skipped)) = written? else {
+                let mut moved = false;
+                for (current, written) in batches.into_iter().zip(written) {
+                    let Some((changed, skipped)) = written? else {
+                        moved = true;
+                        continue;
+                    };
+                    report.rewrapped += changed;
+                    report.skipped += skipped;
+                    report.failed.extend(current.failed);
+                }
+                if moved {
                     // The primary moved (or filled up and was rotated): scan again.
                     continue 'scan;
-                };
-                report.rewrapped += changed;
-                report.skipped += skipped;
-                report.failed.extend(current.failed);
+                }
                 tracing::info!(
                     rewrapped = report.rewrapped,
                     to = primary,
@@ -234,9 +260,16 @@ impl Vault {
         swaps: &[Swap],
     ) -> Result<Option<(u64, u64)>, VaultError> {
         let n = i64::try_from(swaps.len()).unwrap_or(i64::MAX);
+        // The wraps are reserved first, in a transaction of their own: a reservation is an
+        // upper bound on the wraps made under a KEK, so one that a failed batch never uses
+        // only counts high, and no batch holds the KEK's row while it swaps (concurrent
+        // batches would queue on it, and a store that reserves before it writes a row
+        // would deadlock with a batch that wrote rows before it reserved).
         let mut tx = self.db.begin().await?;
         match kek::reserve_wraps(&mut tx, n, self.settings.max_wraps).await? {
-            kek::Reservation::Reserved { version, .. } if version == primary => {}
+            kek::Reservation::Reserved { version, .. } if version == primary => {
+                tx.commit().await?;
+            }
             kek::Reservation::NoPrimary => return Err(VaultError::NoPrimary),
             kek::Reservation::Reserved { .. } => return Ok(None),
             kek::Reservation::Full { version } => {
@@ -249,9 +282,15 @@ impl Vault {
                 return Ok(None);
             }
         }
-        // One statement binds four parameters per row: a batch larger than a statement
-        // can carry (PostgreSQL takes 65,535 parameters, SQLite 32,766) goes in slices,
-        // all in this one transaction with its one audit event.
+        // The primary's row is held (shared, so batches swap side by side) until commit: a
+        // rotation or a retirement waits, so no record is swapped to a KEK that stopped
+        // being the primary meanwhile. One statement binds four parameters per row: a batch
+        // larger than a statement can carry (PostgreSQL takes 65,535 parameters, SQLite
+        // 32,766) goes in slices, all in this one transaction with its one audit event.
+        let mut tx = self.db.begin().await?;
+        if !kek::hold_primary(&mut tx, self.db.backend(), primary).await? {
+            return Ok(None);
+        }
         let mut changed = 0;
         for slice in swaps.chunks(SWAP_SLICE) {
             changed += conns::swap_envelopes(&mut tx, primary, slice).await?;
@@ -267,7 +306,7 @@ impl Vault {
     /// A row's envelope with its DEK re-wrapped under `target`; the payload is untouched.
     async fn rewrapped(
         &self,
-        row: &conns::ConnectionRow,
+        row: &conns::StaleRow,
         target: &AeadKey,
         target_version: u32,
     ) -> Result<Vec<u8>, VaultError> {
