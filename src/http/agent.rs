@@ -8,10 +8,10 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::AppState;
-use super::bodies::{Credential, Delegation, ToolItem, ToolList, ToolRun};
+use super::bodies::{Credential, Delegation, ToolItem, ToolList, ToolRun, secret_json};
 use super::browser::{SignedIn, require_csrf};
 use crate::agents::{DEFAULT_TTL, DelegationRefused, Grant, MAX_TTL, Resolution};
 use crate::clock::rfc3339;
@@ -530,13 +530,9 @@ pub async fn delegate(
         .delegate(&mut tx, &me.user_id, &agent, &grant)
         .await?;
     tx.commit().await?;
-    let body = zeroize::Zeroizing::new(
-        json!({ "token": token.reveal(), "expires_at": rfc3339(expires_at) }).to_string(),
-    );
-    let mut resp = (StatusCode::CREATED, body.to_string()).into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        axum::http::HeaderValue::from_static("application/json"),
-    );
-    Ok(resp)
+    let body = Delegation {
+        token: token.reveal(),
+        expires_at: rfc3339(expires_at),
+    };
+    Ok(secret_json(StatusCode::CREATED, &body))
 }

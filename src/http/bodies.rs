@@ -2,13 +2,16 @@
 //! utoipa describes it in `/openapi.json`, from the one definition. Fields the service
 //! writes as `null` stay `Option`s without `skip_serializing_if`.
 //!
-//! A body that carries a secret (a delegation, a released credential, tokens) is only
-//! described here (`ToSchema`, no `Serialize`): its handler writes it into a zeroized
-//! buffer, since a secret is never `Serialize`.
+//! A body that carries a secret (a delegation, tokens) borrows it revealed, and is written
+//! by [`secret_json`] into a buffer zeroized on drop; the secret types themselves are never
+//! `Serialize`. A released credential is written by the executor, the one opener of
+//! plaintext, and only described here.
 
 mod authz;
 
 pub use authz::*;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -146,10 +149,25 @@ pub struct Disconnection {
     pub detail: Option<String>,
 }
 
-/// `POST /api/delegations` (written by the handler: the token is a secret).
-#[derive(ToSchema)]
-pub struct Delegation {
-    pub token: String,
+/// `body` as a JSON answer that holds a secret: serialized straight into a buffer that is
+/// zeroized when dropped (no intermediate `Value`). A bare 500 if it cannot be written.
+pub fn secret_json<T: Serialize>(status: StatusCode, body: &T) -> Response {
+    let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(512));
+    if serde_json::to_writer(&mut *buf, body).is_err() {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    let mut resp = (status, buf.to_vec()).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// `POST /api/delegations`: the delegation token, revealed for this answer only.
+#[derive(Serialize, ToSchema)]
+pub struct Delegation<'a> {
+    pub token: &'a str,
     #[schema(format = DateTime)]
     pub expires_at: String,
 }

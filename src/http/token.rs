@@ -10,10 +10,11 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use serde_json::json;
 
 use super::AppState;
-use super::bodies::{OAuthError, Registered, Registration, RevokeForm, TokenForm, Tokens};
+use super::bodies::{
+    OAuthError, Registered, Registration, RevokeForm, TokenForm, Tokens, secret_json,
+};
 use crate::error::Error;
 use crate::grants::{ClientAuth, GrantError, TokenRequest};
 use crate::secret::ClientPresented;
@@ -244,21 +245,14 @@ pub async fn token(State(app): State<AppState>, req: axum::extract::Request) -> 
     let request_id = super::observe::request_id_of(&parts.extensions);
     match app.grants.token(&client, request, &request_id).await {
         Ok(issued) => {
-            let body = zeroize::Zeroizing::new(
-                json!({
-                    "access_token": issued.access_token.reveal(),
-                    "token_type": "Bearer",
-                    "expires_in": issued.expires_in,
-                    "refresh_token": issued.refresh_token.reveal(),
-                    "scope": issued.scope,
-                })
-                .to_string(),
-            );
-            let mut resp = (StatusCode::OK, body.to_string()).into_response();
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
+            let body = Tokens {
+                access_token: issued.access_token.reveal(),
+                token_type: "Bearer",
+                expires_in: issued.expires_in,
+                refresh_token: issued.refresh_token.reveal(),
+                scope: &issued.scope,
+            };
+            let mut resp = secret_json(StatusCode::OK, &body);
             resp.headers_mut()
                 .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
             resp

@@ -192,18 +192,19 @@ pub struct RevokeForm {
     pub client_assertion: Option<String>,
 }
 
-/// `POST /oauth2/token`'s answer (written by the handler: the tokens are secrets).
-#[derive(ToSchema)]
-pub struct Tokens {
-    pub access_token: String,
+/// `POST /oauth2/token`'s answer: the tokens, revealed for this answer only
+/// (`super::secret_json`).
+#[derive(Serialize, ToSchema)]
+pub struct Tokens<'a> {
+    pub access_token: &'a str,
     #[schema(schema_with = super::bearer)]
-    pub token_type: String,
+    pub token_type: &'static str,
     /// seconds (900)
     pub expires_in: i64,
     /// rotates: each use returns a new one
-    pub refresh_token: String,
+    pub refresh_token: &'a str,
     /// space-separated
-    pub scope: String,
+    pub scope: &'a str,
 }
 
 /// `POST /oauth2/register`'s request (RFC 7591), read by `grants::register`.

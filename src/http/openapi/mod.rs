@@ -38,15 +38,15 @@ impl<S: Clone + Send + Sync + 'static> Default for Routes<S> {
 }
 
 impl<S: Clone + Send + Sync + 'static> Routes<S> {
-    /// Routes `handler` at the path and methods of its annotation `_doc` (the
+    /// Routes `handler` at the path and methods of its annotation `doc` (the
     /// `__path_{handler}` that `#[utoipa::path]` generates), and records the operation.
-    pub fn route<P, H, T>(mut self, _doc: P, handler: H) -> Self
+    pub fn route<P, H, T>(mut self, doc: P, handler: H) -> Self
     where
         P: utoipa::Path + utoipa::__dev::SchemaReferences,
         H: Handler<T, S>,
         T: 'static,
     {
-        self = self.document(_doc);
+        self = self.document(doc);
         let filter = P::methods()
             .into_iter()
             .map(method_filter)
