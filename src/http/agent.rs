@@ -250,6 +250,7 @@ fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Error> {
     })
 }
 
+/// The tool's arguments.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunBody {
@@ -379,6 +380,7 @@ pub async fn list_tools(
     Ok(Json(ToolList { tools }))
 }
 
+/// The scopes the token must hold; without them, those the connection was granted.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReleaseBody {
@@ -447,6 +449,8 @@ pub async fn release(
     Ok(resp)
 }
 
+/// The agent, what it may use (at least one tool or provider), and for how many seconds
+/// (default 900).
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DelegateBody {

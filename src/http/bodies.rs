@@ -164,7 +164,8 @@ pub fn secret_json<T: Serialize>(status: StatusCode, body: &T) -> Response {
     resp
 }
 
-/// `POST /api/delegations`: the delegation token, revealed for this answer only.
+/// `POST /api/delegations`: the delegation token and when it expires.
+// Borrows the token revealed, for `secret_json` to write.
 #[derive(Serialize, ToSchema)]
 pub struct Delegation<'a> {
     pub token: &'a str,
@@ -214,7 +215,8 @@ impl From<crate::executor::ToolOutput> for ToolRun {
     }
 }
 
-/// `POST /v1/credentials/{provider}` (written by the executor: the token is a secret).
+/// `POST /v1/credentials/{provider}`: the access token, released.
+// Described only: the executor, the one opener of plaintext, writes it.
 #[derive(ToSchema)]
 pub struct Credential {
     pub access_token: String,

@@ -310,7 +310,8 @@ pub async fn connect(
     start_connect(&app, me, &provider, &scopes, q.return_to.as_deref()).await
 }
 
-/// The confirmation page's form. The CSRF token is not printable: no `Debug`.
+/// The confirmation page's form.
+// The CSRF token is not printable: no `Debug`.
 #[derive(Deserialize, Default, utoipa::ToSchema)]
 pub struct ConnectForm {
     csrf_token: Option<String>,

@@ -214,7 +214,8 @@ pub struct ConfirmConnect<'a> {
     pub csrf: &'a str,
 }
 
-/// The CSRF token is not printable: no `Debug`.
+/// A form that carries only the CSRF token.
+// The CSRF token is not printable: no `Debug`.
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct CsrfField {
     csrf_token: String,

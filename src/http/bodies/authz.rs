@@ -1,6 +1,6 @@
 //! The authorization server's bodies (SPEC §11) and `/mcp`'s JSON-RPC (SPEC §12). The
-//! forms the token and revocation endpoints read field by field, and the JSON-RPC that
-//! rmcp reads, are only described here.
+//! forms the token and revocation endpoints read field by field, the registration request
+//! `grants` reads, and the JSON-RPC that rmcp reads are only described here.
 
 use serde::Serialize;
 use serde_json::Value;
@@ -192,8 +192,8 @@ pub struct RevokeForm {
     pub client_assertion: Option<String>,
 }
 
-/// `POST /oauth2/token`'s answer: the tokens, revealed for this answer only
-/// (`super::secret_json`).
+/// `POST /oauth2/token`'s answer.
+// Borrows the tokens revealed, for `secret_json` to write.
 #[derive(Serialize, ToSchema)]
 pub struct Tokens<'a> {
     pub access_token: &'a str,
@@ -207,7 +207,8 @@ pub struct Tokens<'a> {
     pub scope: &'a str,
 }
 
-/// `POST /oauth2/register`'s request (RFC 7591), read by `grants::register`.
+/// `POST /oauth2/register`'s request (RFC 7591).
+// Described only: `grants::RegistrationRequest` reads it.
 #[derive(ToSchema)]
 pub struct Registration {
     /// https, or plain http to a loopback address; no fragment

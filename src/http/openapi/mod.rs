@@ -60,7 +60,8 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
     }
 
     /// Records the operation of `_doc` without routing anything: for a service the
-    /// caller mounts itself (`/mcp`).
+    /// caller mounts itself (`/mcp`). Its schemas come through utoipa's hidden
+    /// `SchemaReferences`, the trait utoipa-axum collects them with too.
     pub fn document<P>(mut self, _doc: P) -> Self
     where
         P: utoipa::Path + utoipa::__dev::SchemaReferences,
