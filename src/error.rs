@@ -94,7 +94,7 @@ pub enum Error {
 }
 
 /// An RFC 9457 problem document.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Problem {
     #[serde(rename = "type")]
     pub kind: String,
@@ -104,6 +104,7 @@ pub struct Problem {
     pub code: &'static str,
     /// Where the user can fix it (`reauth_required`, `not_connected`, `insufficient_scope`).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub url: Option<String>,
 }
 

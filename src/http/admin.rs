@@ -7,11 +7,11 @@ use axum::Json;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AppState;
+use super::bodies::{AuditEvent, AuditPage, Keys, RewrapStarted, Rotated, UserRevoked};
 use super::browser::{SignedIn, require_csrf};
 use crate::audit::Filter;
 use crate::audit::{self, Actor, Event, Kind, Outcome};
@@ -49,28 +49,64 @@ pub async fn is_admin(app: &AppState, user_id: &str) -> Result<bool, Error> {
 }
 
 /// `GET /admin/keys` — the shape of `keys status --json`.
-pub async fn keys(State(app): State<AppState>, _admin: AdminUser) -> Result<Json<Value>, Error> {
-    Ok(Json(app.vault.status().await?.to_json()))
+#[utoipa::path(
+    get,
+    path = "/admin/keys",
+    operation_id = "keys",
+    summary = "Key versions (as `keys status --json`)",
+    security(("session" = [])),
+    responses(
+        (status = 200, description = "Keys", body = Keys),
+        (status = 401, description = "code: unauthorized", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "code: forbidden", body = crate::error::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn keys(State(app): State<AppState>, _admin: AdminUser) -> Result<Json<Keys>, Error> {
+    Ok(Json(app.vault.status().await?.into()))
 }
 
 /// `POST /admin/keys/rotate` — a new primary KEK.
+#[utoipa::path(
+    post,
+    path = "/admin/keys/rotate",
+    operation_id = "rotate",
+    summary = "A new primary key-encryption key",
+    security(("session" = [], "csrf" = [])),
+    responses(
+        (status = 200, description = "Rotated", body = Rotated),
+        (status = 401, description = "code: unauthorized", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "code: forbidden, csrf_failed", body = crate::error::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn rotate(
     State(app): State<AppState>,
     AdminUser(me): AdminUser,
     headers: HeaderMap,
-) -> Result<Json<Value>, Error> {
+) -> Result<Json<Rotated>, Error> {
     require_csrf(&app, &headers, &me.token, None)?;
     let version = app.vault.rotate(Actor::Admin(me.user_id.clone())).await?;
-    Ok(Json(json!({ "primary": version })))
+    Ok(Json(Rotated { primary: version }))
 }
 
 /// `POST /admin/keys/rewrap` — re-wraps every record under an older KEK, in the
 /// background (it is online and resumable); progress shows in `GET /admin/keys`.
+#[utoipa::path(
+    post,
+    path = "/admin/keys/rewrap",
+    operation_id = "rewrap",
+    summary = "Re-wrap every record under an older key, in the background",
+    security(("session" = [], "csrf" = [])),
+    responses(
+        (status = 202, description = "Started", body = RewrapStarted),
+        (status = 401, description = "code: unauthorized", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "code: forbidden, csrf_failed", body = crate::error::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn rewrap(
     State(app): State<AppState>,
     AdminUser(me): AdminUser,
     headers: HeaderMap,
-) -> Result<Response, Error> {
+) -> Result<(StatusCode, Json<RewrapStarted>), Error> {
     require_csrf(&app, &headers, &me.token, None)?;
     let vault = app.vault.clone();
     let actor = Actor::Admin(me.user_id.clone());
@@ -84,10 +120,12 @@ pub async fn rewrap(
             Err(e) => tracing::error!(error = %e, "rewrap failed"),
         }
     });
-    Ok((StatusCode::ACCEPTED, Json(json!({ "started": true }))).into_response())
+    Ok((StatusCode::ACCEPTED, Json(RewrapStarted { started: true })))
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// `GET /admin/audit`'s filters and paging.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     user: Option<String>,
@@ -113,11 +151,25 @@ fn millis(name: &str, text: Option<&str>) -> Result<Option<i64>, Error> {
 
 /// `GET /admin/audit?user=&agent=&kind=&since=&until=&after=&limit=` — events, oldest
 /// first, one page at a time.
+#[utoipa::path(
+    get,
+    path = "/admin/audit",
+    operation_id = "audit_events",
+    summary = "Audit events, oldest first; filters user, agent, kind, since, until; paging after, limit",
+    params(AuditQuery),
+    security(("session" = [])),
+    responses(
+        (status = 200, description = "Events", body = AuditPage),
+        (status = 400, description = "code: invalid_request", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "code: unauthorized", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "code: forbidden", body = crate::error::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn audit_events(
     State(app): State<AppState>,
     _admin: AdminUser,
     Query(q): Query<AuditQuery>,
-) -> Result<Json<Value>, Error> {
+) -> Result<Json<AuditPage>, Error> {
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(Error::BadRequest("limit: 1 to 1000".into()));
@@ -133,24 +185,22 @@ pub async fn audit_events(
     let next_after = (rows.len() == usize::try_from(limit).unwrap_or(0))
         .then(|| rows.last().map(|r| r.seq))
         .flatten();
-    let events: Vec<Value> = rows
+    let events = rows
         .into_iter()
-        .map(|r| {
-            json!({
-                "seq": r.seq,
-                "at": rfc3339(r.at_ms / 1000),
-                "at_ms": r.at_ms,
-                "kind": r.kind,
-                "actor": r.actor,
-                "subject": r.subject,
-                "outcome": r.outcome,
-                "request_id": r.request_id,
-                "detail": serde_json::from_str::<Value>(&r.detail).unwrap_or(Value::Null),
-                "hash": crate::crypto::hex(&r.hash),
-            })
+        .map(|r| AuditEvent {
+            seq: r.seq,
+            at: rfc3339(r.at_ms / 1000),
+            at_ms: r.at_ms,
+            detail: serde_json::from_str::<Value>(&r.detail).unwrap_or(Value::Null),
+            hash: crate::crypto::hex(&r.hash),
+            kind: r.kind,
+            actor: r.actor,
+            subject: r.subject,
+            outcome: r.outcome,
+            request_id: r.request_id,
         })
         .collect();
-    Ok(Json(json!({ "events": events, "next_after": next_after })))
+    Ok(Json(AuditPage { events, next_after }))
 }
 
 /// `POST /admin/users/{id}/revoke` — ends every session, delegation and connection of
@@ -158,12 +208,25 @@ pub async fn audit_events(
 /// agent can use a connection while the providers are asked to revoke; then each
 /// connection is revoked at its provider where offered and erased (each a `disconnect`
 /// event by the admin); one a provider could not revoke is erased all the same.
+#[utoipa::path(
+    post,
+    path = "/admin/users/{id}/revoke",
+    operation_id = "revoke_user",
+    summary = "End every session, delegation and connection of a user",
+    params(("id" = String, Path, description = "the user")),
+    security(("session" = [], "csrf" = [])),
+    responses(
+        (status = 200, description = "Revoked", body = UserRevoked),
+        (status = 401, description = "code: unauthorized", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "code: forbidden, csrf_failed", body = crate::error::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn revoke_user(
     State(app): State<AppState>,
     AdminUser(me): AdminUser,
     headers: HeaderMap,
     Path(user_id): Path<String>,
-) -> Result<Json<Value>, Error> {
+) -> Result<Json<UserRevoked>, Error> {
     require_csrf(&app, &headers, &me.token, None)?;
     let admin = Actor::Admin(me.user_id.clone());
     let mut tx = app.db.begin().await?;
@@ -205,8 +268,10 @@ pub async fn revoke_user(
         }
         tx.commit().await?;
     }
-    Ok(Json(json!({
-        "sessions": sessions, "delegations": delegations,
-        "connections": connections, "revoked_at_provider": revoked,
-    })))
+    Ok(Json(UserRevoked {
+        sessions,
+        delegations,
+        connections,
+        revoked_at_provider: revoked,
+    }))
 }

@@ -8,9 +8,10 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::AppState;
+use super::bodies::{Credential, Delegation, ToolItem, ToolList, ToolRun, secret_json};
 use super::browser::{SignedIn, require_csrf};
 use crate::agents::{DEFAULT_TTL, DelegationRefused, Grant, MAX_TTL, Resolution};
 use crate::clock::rfc3339;
@@ -249,27 +250,51 @@ fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Error> {
     })
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// The tool's arguments.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RunBody {
+pub struct RunBody {
+    /// argument name to a string, number or boolean
     #[serde(default)]
+    #[schema(value_type = Object)]
     args: serde_json::Map<String, Value>,
 }
 
 /// `POST /v1/tools/{tool}/run` — runs a tool in the delegating user's context.
+#[utoipa::path(
+    post,
+    path = "/v1/tools/{tool}/run",
+    operation_id = "run_tool",
+    summary = "Run a tool in the delegating user's context",
+    params(("tool" = String, Path)),
+    request_body(content = RunBody, content_type = "application/json"),
+    security(("agent" = [], "delegation" = []), ("access_token" = [])),
+    responses(
+        (status = 200, description = "The provider's answer", body = ToolRun),
+        (status = 400, description = "code: invalid_request", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "code: unauthorized, delegation_invalid, delegation_expired, invalid_token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "code: delegation_invalid, tool_not_delegated, policy_denied", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "code: unknown_tool", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "code: not_connected, insufficient_scope, reauth_required", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "code: invalid_argument", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "code: rate_limited", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 502, description = "code: provider_error", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "code: provider_unavailable, credential_changed, database_unavailable", body = crate::error::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn run_tool(
     State(app): State<AppState>,
     request: AgentRequest,
     Path(tool): Path<String>,
     body: Bytes,
-) -> Result<Response, Error> {
+) -> Result<Json<ToolRun>, Error> {
     let found = app.tools.get(&tool);
     let provider = found.map_or("", |t| t.provider.as_str());
     let (caller, connection) = request.check(&app, provider, Read::Fresh).await?;
     found.ok_or_else(|| Error::UnknownTool(tool.clone()))?;
     let body: RunBody = json_body(&body)?;
     let out = run_with(&app, &request, caller, connection, &tool, &body.args).await?;
-    Ok(Json(out).into_response())
+    Ok(Json(out.into()))
 }
 
 /// Runs `tool` for a caller already checked (`/mcp`); its connection is read here.
@@ -319,33 +344,46 @@ async fn run_with(
 
 /// `GET /v1/tools` — the tools the caller's delegation covers, with what each does and
 /// the JSON Schema of its arguments.
+#[utoipa::path(
+    get,
+    path = "/v1/tools",
+    operation_id = "list_tools",
+    summary = "The tools the caller's delegation or access token covers, with descriptions and argument schemas",
+    security(("agent" = [], "delegation" = []), ("access_token" = [])),
+    responses(
+        (status = 200, description = "The tools", body = ToolList),
+        (status = 401, description = "code: unauthorized, delegation_invalid, delegation_expired, invalid_token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "code: delegation_invalid", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "code: rate_limited", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "code: database_unavailable", body = crate::error::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn list_tools(
     State(app): State<AppState>,
     request: AgentRequest,
-) -> Result<Json<Value>, Error> {
+) -> Result<Json<ToolList>, Error> {
     // No provider is asked about, so no connection is read.
     let (caller, _) = request.check(&app, "", Read::Fresh).await?;
-    let tools: Vec<Value> = caller
+    let tools = caller
         .delegation
         .tools
         .iter()
         .filter_map(|name| app.tools.get(name))
-        .map(|t| {
-            json!({
-                "name": t.name,
-                "description": t.description,
-                "input_schema": t.input_schema(),
-                "provider": t.provider,
-                "scopes": t.scopes,
-            })
+        .map(|t| ToolItem {
+            name: t.name.clone(),
+            description: t.description.clone(),
+            input_schema: t.input_schema(),
+            provider: t.provider.clone(),
+            scopes: t.scopes.clone(),
         })
         .collect();
-    Ok(Json(json!({ "tools": tools })))
+    Ok(Json(ToolList { tools }))
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// The scopes the token must hold; without them, those the connection was granted.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ReleaseBody {
+pub struct ReleaseBody {
     scopes: Option<Vec<String>>,
 }
 
@@ -354,6 +392,25 @@ struct ReleaseBody {
 const STALE_RETRIES: usize = 2;
 
 /// `POST /v1/credentials/{provider}` — raw release, where policy allows.
+#[utoipa::path(
+    post,
+    path = "/v1/credentials/{provider}",
+    operation_id = "release",
+    summary = "Raw release of the access token where policy allows; refreshed first if near expiry",
+    params(("provider" = String, Path)),
+    request_body(content = ReleaseBody, content_type = "application/json"),
+    security(("agent" = [], "delegation" = []), ("access_token" = [])),
+    responses(
+        (status = 200, description = "Credential", body = Credential),
+        (status = 400, description = "code: invalid_request", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "code: unauthorized, delegation_invalid, delegation_expired, invalid_token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "code: delegation_invalid, provider_not_delegated, policy_denied", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "code: not_connected, insufficient_scope, reauth_required", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "code: rate_limited", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 502, description = "code: provider_error", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "code: provider_unavailable, credential_changed, database_unavailable", body = crate::error::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn release(
     State(app): State<AppState>,
     request: AgentRequest,
@@ -392,14 +449,17 @@ pub async fn release(
     Ok(resp)
 }
 
-#[derive(Debug, Deserialize)]
+/// The agent, what it may use (at least one tool or provider), and for how many seconds
+/// (default 900).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct DelegateBody {
+pub struct DelegateBody {
     agent: String,
     #[serde(default)]
     tools: Vec<String>,
     #[serde(default)]
     providers: Vec<String>,
+    #[schema(minimum = 1, maximum = 3600)]
     ttl: Option<i64>,
 }
 
@@ -411,6 +471,21 @@ fn bad_arg(name: &str, reason: &'static str) -> Error {
 }
 
 /// `POST /api/delegations` — the signed-in user lets an agent act for them.
+#[utoipa::path(
+    post,
+    path = "/api/delegations",
+    operation_id = "delegate",
+    summary = "Let an agent act for the signed-in user: tools, providers, ttl seconds (default 900, at most 3600)",
+    request_body(content = DelegateBody, content_type = "application/json"),
+    security(("session" = [], "csrf" = [])),
+    responses(
+        (status = 201, description = "Delegation", body = Delegation),
+        (status = 400, description = "code: invalid_request", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "code: unauthorized", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "code: csrf_failed", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "code: invalid_argument", body = crate::error::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn delegate(
     State(app): State<AppState>,
     me: SignedIn,
@@ -459,13 +534,9 @@ pub async fn delegate(
         .delegate(&mut tx, &me.user_id, &agent, &grant)
         .await?;
     tx.commit().await?;
-    let body = zeroize::Zeroizing::new(
-        json!({ "token": token.reveal(), "expires_at": rfc3339(expires_at) }).to_string(),
-    );
-    let mut resp = (StatusCode::CREATED, body.to_string()).into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        axum::http::HeaderValue::from_static("application/json"),
-    );
-    Ok(resp)
+    let body = Delegation {
+        token: token.reveal(),
+        expires_at: rfc3339(expires_at),
+    };
+    Ok(secret_json(StatusCode::CREATED, &body))
 }

@@ -4,19 +4,17 @@
 //! need a same-origin `Origin` (or `Sec-Fetch-Site: same-origin`) and the CSRF token; a
 //! connect flow that another site navigates to is confirmed on a page of ours first.
 
-use axum::Json;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use cookie::{Cookie, SameSite};
 use serde::Deserialize;
-use serde_json::{Value, json};
 
 use super::AppState;
 use crate::audit::{self, Actor, Event, Kind};
 use crate::error::Error;
-use crate::oauth::{Callback, Disconnected, Purpose};
+use crate::oauth::{Callback, Purpose};
 use crate::secret::SessionToken;
 use crate::sessions::{SessionError, Sessions, USER_KEY};
 
@@ -61,7 +59,7 @@ pub fn session_layer(
 
 /// Ends the session cookie now. Only `Max-Age=0`, not the `Expires` in the past that
 /// `Cookie::make_removal` adds: the attributes stay those the cookie was set with.
-fn clear_cookie(https: bool) -> HeaderValue {
+pub(super) fn clear_cookie(https: bool) -> HeaderValue {
     let mut cookie = session_cookie(https, "");
     cookie.set_max_age(cookie::time::Duration::ZERO);
     header_value(&cookie)
@@ -190,6 +188,19 @@ pub struct LoginQuery {
 }
 
 /// `GET /login/{provider}` — start sign-in.
+#[utoipa::path(
+    get,
+    path = "/login/{provider}",
+    operation_id = "login",
+    summary = "Start sign-in (authorization code + PKCE S256 + state + nonce); optional return_to",
+    params(("provider" = String, Path), ("return_to" = Option<String>, Query)),
+    responses(
+        (status = 303, description = "Redirect"),
+        (status = 404, description = "code: unknown_provider", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "code: rate_limited", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 502, description = "code: provider_error", body = crate::error::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn login(
     State(app): State<AppState>,
     handle: tower_sessions::Session,
@@ -254,6 +265,28 @@ fn cross_site(app: &AppState, headers: &HeaderMap) -> bool {
 /// navigation from another site gets a confirmation page instead: the session cookie is
 /// `SameSite=Lax`, so any site could otherwise start a flow that a provider remembering
 /// its consent completes without asking.
+#[utoipa::path(
+    get,
+    path = "/connect/{provider}",
+    operation_id = "connect",
+    summary = "Link a provider account with ?scopes=a,b (incremental); optional return_to. \
+               A navigation from another site (Sec-Fetch-Site cross-site or same-site, or a \
+               foreign Origin) gets a 200 confirmation page instead, starting nothing",
+    params(
+        ("provider" = String, Path),
+        ("scopes" = Option<String>, Query, description = "comma-separated"),
+        ("return_to" = Option<String>, Query),
+    ),
+    security(("session" = [])),
+    responses(
+        (status = 303, description = "Redirect"),
+        (status = 200, description = "The confirmation page (HTML), for a cross-site navigation"),
+        (status = 401, description = "code: unauthorized", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "code: unknown_provider", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "code: rate_limited", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 502, description = "code: provider_error", body = crate::error::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn connect(
     State(app): State<AppState>,
     me: SignedIn,
@@ -277,15 +310,34 @@ pub async fn connect(
     start_connect(&app, me, &provider, &scopes, q.return_to.as_deref()).await
 }
 
-/// The confirmation page's form. The CSRF token is not printable: no `Debug`.
-#[derive(Deserialize, Default)]
+/// The confirmation page's form.
+// The CSRF token is not printable: no `Debug`.
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 pub struct ConnectForm {
     csrf_token: Option<String>,
+    /// comma-separated, as in the GET
     scopes: Option<String>,
     return_to: Option<String>,
 }
 
 /// `POST /connect/{provider}` — the confirmation page's Continue button.
+#[utoipa::path(
+    post,
+    path = "/connect/{provider}",
+    operation_id = "connect_confirmed",
+    summary = "The confirmation page's Continue: start the connect flow",
+    params(("provider" = String, Path)),
+    request_body(content = ConnectForm, content_type = "application/x-www-form-urlencoded"),
+    security(("session" = [], "csrf" = [])),
+    responses(
+        (status = 303, description = "Redirect"),
+        (status = 401, description = "code: unauthorized", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "code: csrf_failed", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "code: unknown_provider", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "code: rate_limited", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 502, description = "code: provider_error", body = crate::error::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn connect_confirmed(
     State(app): State<AppState>,
     me: SignedIn,
@@ -324,6 +376,20 @@ async fn start_connect(
 /// A sign-in moves the browser to a new session id of the user (tower-sessions' `cycle_id`
 /// ends the one it came with), saved before the answer leaves; the sign-in's audit event
 /// committed before it.
+#[utoipa::path(
+    get,
+    path = "/oauth/callback/{provider}",
+    operation_id = "callback",
+    summary = "The redirect URI registered at every provider",
+    params(("provider" = String, Path)),
+    responses(
+        (status = 303, description = "Redirect"),
+        (status = 400, description = "code: invalid_state, provider_error", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "code: already_linked", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "code: rate_limited", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 502, description = "code: provider_error", body = crate::error::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn callback(
     State(app): State<AppState>,
     current: Option<BrowserSession>,
@@ -358,6 +424,18 @@ pub struct CsrfForm {
 }
 
 /// `POST /logout` — end this session.
+#[utoipa::path(
+    post,
+    path = "/logout",
+    operation_id = "logout",
+    summary = "End this session",
+    security(("session" = [], "csrf" = [])),
+    responses(
+        (status = 303, description = "Redirect"),
+        (status = 401, description = "code: unauthorized", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "code: csrf_failed", body = crate::error::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn logout(
     State(app): State<AppState>,
     me: SignedIn,
@@ -385,226 +463,5 @@ pub async fn logout(
     Ok(resp)
 }
 
-/// `GET /api/me` — the signed-in user, identities and CSRF token.
-pub async fn me(State(app): State<AppState>, me: SignedIn) -> Result<Json<Value>, Error> {
-    let ids = app.oauth.identities(&me.user_id).await?;
-    let identities: Vec<Value> = ids
-        .into_iter()
-        .map(|(provider, subject, email, name)| json!({ "provider": provider, "subject": subject, "email": email, "name": name }))
-        .collect();
-    Ok(Json(json!({
-        "user": { "id": me.user_id },
-        "identities": identities,
-        "csrf_token": Sessions::csrf_token(&me.token),
-    })))
-}
-
-/// `GET /api/sessions` — the user's own sessions.
-pub async fn sessions(State(app): State<AppState>, me: SignedIn) -> Result<Json<Value>, Error> {
-    let list = app.sessions.list(&me.user_id, &me.token).await?;
-    let sessions: Vec<Value> = list
-        .into_iter()
-        .map(|s| json!({
-            "id": s.handle, "current": s.current,
-            "created_at": crate::clock::rfc3339(s.created_at), "last_seen_at": crate::clock::rfc3339(s.last_seen_at),
-        }))
-        .collect();
-    Ok(Json(json!({ "sessions": sessions })))
-}
-
-/// Ends every session of the signed-in user, audited.
-pub(crate) async fn end_all(app: &AppState, me: &SignedIn) -> Result<(), Error> {
-    let mut tx = app.db.begin().await?;
-    let ended = app.sessions.end_all(&mut tx, &me.user_id).await?;
-    let delegations = app.agents.revoke_all(&mut tx, &me.user_id).await?;
-    let grants = app.grants.revoke_all(&mut tx, &me.user_id).await?;
-    let event = Event::new(
-        Kind::SessionsRevoked,
-        Actor::User(me.user_id.clone()),
-        format!("user:{}", me.user_id),
-    )
-    .detail(json!({ "sessions": ended, "delegations": delegations, "grants": grants }));
-    audit::append(&mut tx, app.clock.unix_ms(), event).await?;
-    tx.commit().await?;
-    Ok(())
-}
-
-/// `DELETE /api/sessions` — sign out everywhere.
-pub async fn end_all_sessions(
-    State(app): State<AppState>,
-    me: SignedIn,
-    headers: HeaderMap,
-) -> Result<Response, Error> {
-    require_csrf(&app, &headers, &me.token, None)?;
-    end_all(&app, &me).await?;
-    let mut resp = StatusCode::NO_CONTENT.into_response();
-    resp.headers_mut()
-        .insert(header::SET_COOKIE, clear_cookie(app.config.https));
-    Ok(resp)
-}
-
-/// `GET /api/connections` — the user's connections.
-pub async fn connections(State(app): State<AppState>, me: SignedIn) -> Result<Json<Value>, Error> {
-    let list = app.vault.list(&me.user_id).await?;
-    let connections: Vec<Value> = list
-        .iter()
-        .map(|c| {
-            json!({
-                "id": c.id(), "provider": c.provider(), "scopes": c.scopes(), "status": c.status(),
-                "created_at": crate::clock::rfc3339(c.created_at()),
-                "last_used_at": c.last_used_at().map(crate::clock::rfc3339),
-            })
-        })
-        .collect();
-    Ok(Json(json!({ "connections": connections })))
-}
-
-/// `DELETE /api/connections/{id}` — revoke at the provider where it can, then erase.
-pub async fn disconnect(
-    State(app): State<AppState>,
-    me: SignedIn,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<Response, Error> {
-    require_csrf(&app, &headers, &me.token, None)?;
-    match app
-        .broker
-        .disconnect(Actor::User(me.user_id.clone()), &me.user_id, &id)
-        .await? {
-        Disconnected::Erased { revoked } => Ok(Json(json!({ "erased": true, "revoked": revoked })).into_response()),
-        Disconnected::ErasedRevocationFailed(why) => {
-            Ok(Json(json!({ "erased": true, "revoked": false, "detail": format!("revocation failed: {why}") })).into_response())
-        }
-        Disconnected::PendingRetry => Err(Error::ProviderUnavailable),
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use axum::Router;
-    use axum::body::Body;
-    use axum::http::{Request, header};
-    use axum::routing::get;
-    use tower::ServiceExt;
-
-    use super::{USER_KEY, clear_cookie, session_layer};
-    use crate::clock::ManualClock;
-    use crate::sessions::{SessionRows, Timeouts};
-    use crate::testkit::{Engine, TestDb};
-
-    /// The cookie tower-sessions sets carries the attributes of SPEC §6 and only the id
-    /// (22 characters of base64url: 128 bits); it is read back by its exact name.
-    #[tokio::test]
-    async fn the_session_cookie_keeps_its_name_and_attributes() {
-        let Some(t) = TestDb::new(Engine::Sqlite).await else {
-            return;
-        };
-        for https in [false, true] {
-            let store = SessionRows::new(
-                t.db.clone(),
-                Arc::new(ManualClock::at_unix(1_800_000_000)),
-                Timeouts {
-                    idle: 60,
-                    absolute: 600,
-                },
-            );
-            let app = Router::new()
-                .route(
-                    "/start",
-                    get(|s: tower_sessions::Session| async move {
-                        s.insert(USER_KEY, Option::<String>::None).await.unwrap();
-                    }),
-                )
-                .route(
-                    "/who",
-                    get(|s: tower_sessions::Session| async move {
-                        s.get::<Option<String>>(USER_KEY)
-                            .await
-                            .unwrap()
-                            .is_some()
-                            .to_string()
-                    }),
-                )
-                .layer(session_layer(store, https));
-            let resp = app
-                .clone()
-                .oneshot(Request::get("/start").body(Body::empty()).unwrap())
-                .await
-                .unwrap();
-            let set = resp.headers()[header::SET_COOKIE]
-                .to_str()
-                .unwrap()
-                .to_owned();
-            let (name, rest) = set.split_once('=').unwrap();
-            let (value, attributes) = rest.split_once(';').unwrap();
-            assert_eq!(
-                name,
-                if https {
-                    "__Host-strongbox"
-                } else {
-                    "strongbox"
-                }
-            );
-            assert_eq!(value.len(), 22, "{set}");
-            let expected = if https {
-                " HttpOnly; SameSite=Lax; Secure; Path=/"
-            } else {
-                " HttpOnly; SameSite=Lax; Path=/"
-            };
-            assert_eq!(attributes, expected);
-            let stored: Vec<Vec<u8>> = sqlx::query_scalar("SELECT token_hash FROM session")
-                .fetch_all(t.db.pool())
-                .await
-                .unwrap();
-            assert!(
-                stored
-                    .iter()
-                    .all(|h| h.len() == 32 && h.as_slice() != value.as_bytes())
-            );
-            // The other deployment's name is someone else's cookie.
-            for (cookie, known) in [
-                (format!("{name}={value}"), true),
-                (format!("a=1; x{name}=no; {name}={value} ; b=2"), true),
-                (format!("strongbox-other={value}"), false),
-                (
-                    format!(
-                        "{}={value}",
-                        if https {
-                            "strongbox"
-                        } else {
-                            "__Host-strongbox"
-                        }
-                    ),
-                    false,
-                ),
-            ] {
-                let resp = app
-                    .clone()
-                    .oneshot(
-                        Request::get("/who")
-                            .header(header::COOKIE, cookie.as_str())
-                            .body(Body::empty())
-                            .unwrap(),
-                    )
-                    .await
-                    .unwrap();
-                let body = axum::body::to_bytes(resp.into_body(), 64).await.unwrap();
-                assert_eq!(body == "true", known, "{cookie}");
-            }
-        }
-    }
-
-    #[test]
-    fn the_cookie_is_cleared_with_its_attributes() {
-        assert_eq!(
-            clear_cookie(false),
-            "strongbox=; HttpOnly; SameSite=Lax; Path=/; Max-Age=0"
-        );
-        assert_eq!(
-            clear_cookie(true),
-            "__Host-strongbox=; HttpOnly; SameSite=Lax; Secure; Path=/; Max-Age=0"
-        );
-    }
-}
+mod tests;

@@ -29,6 +29,7 @@ use serde_json::Value;
 
 use super::AppState;
 use super::agent::{AgentRequest, Read};
+use super::bodies::{JsonRpcRequest, JsonRpcResponse};
 use crate::error::Error;
 use crate::executor::Caller;
 use crate::grants::Audience;
@@ -36,6 +37,43 @@ use crate::grants::Audience;
 /// The MCP error a client that declared URL-mode elicitation gets when the user must visit
 /// a URL first ("URL elicitation required").
 const URL_ELICITATION_REQUIRED: i32 = -32042;
+
+/// Where the service is mounted.
+pub const PATH: &str = "/mcp";
+
+/// `POST /mcp`'s operation in `/openapi.json`. rmcp's service answers the route, not a
+/// handler, so the annotation sits on this function, which is never called.
+#[utoipa::path(
+    post,
+    path = "/mcp",
+    operation_id = "mcp",
+    summary = "MCP server (Streamable HTTP, no sessions; Accept: application/json, \
+               text/event-stream): tools/list lists the tools the caller's grant covers, \
+               tools/call runs one as POST /v1/tools/{tool}/run does. A protected resource \
+               (RFC 9728): see /.well-known/oauth-protected-resource/mcp",
+    request_body(content = JsonRpcRequest, content_type = "application/json"),
+    security(("agent" = [], "delegation" = []), ("access_token" = [])),
+    responses(
+        (status = 200, description = "The JSON-RPC response. A tool that failed (the provider \
+            answered an error, or the user must connect or reconnect first: the problem, with \
+            its url) is a result with isError; a client that declared URL elicitation gets \
+            error -32042 with the URL instead", body = JsonRpcResponse),
+        (status = 202, description = "A notification, accepted"),
+        (status = 400, description = "A JSON-RPC message that is not a request or notification, \
+            or an MCP header that does not match the body (JSON-RPC error)"),
+        (status = 401, description = "code: unauthorized, invalid_token, delegation_invalid, \
+            delegation_expired; WWW-Authenticate: Bearer resource_metadata=\"{public_url}/.well-known/oauth-protected-resource/mcp\", \
+            with error=\"invalid_token\" when credentials were presented", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The Host header is not public_url's host or a loopback name"),
+        (status = 404, description = "No such JSON-RPC method (JSON-RPC error)"),
+        (status = 406, description = "Accept lacks application/json or text/event-stream"),
+        (status = 413, description = "The body is over 64 KiB"),
+        (status = 415, description = "Content-Type is not application/json, or the body is not JSON"),
+        (status = 429, description = "code: rate_limited", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "code: database_unavailable", body = crate::error::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub fn operation() {}
 
 /// Who is calling, as the middleware checked it (rmcp hands the request's parts, with
 /// these extensions, to the handler).

@@ -1,7 +1,9 @@
 //! The HTTP surface: router, shared state and response-wide layers.
 
+pub mod account;
 pub mod admin;
 pub mod agent;
+pub mod bodies;
 pub mod browser;
 mod consent;
 pub mod guard;
@@ -13,6 +15,7 @@ pub mod openapi;
 mod ops;
 pub mod pages;
 pub mod serve;
+pub mod token;
 
 use std::sync::Arc;
 
@@ -20,7 +23,6 @@ use axum::Router;
 use axum::http::{HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{delete, get, post};
 
 use crate::clock::Clock;
 use crate::config::Config;
@@ -29,6 +31,7 @@ use crate::oauth::OAuth;
 use crate::sessions::Sessions;
 use crate::store::Db;
 use crate::vault::Vault;
+use openapi::Routes;
 
 /// What every handler can reach. Cheap to clone.
 #[derive(Clone)]
@@ -185,48 +188,88 @@ impl AppState {
     }
 }
 
+/// The routes a browser signs in through (the sign-in rate limit covers them).
+fn sign_in_routes() -> Routes<AppState> {
+    Routes::default()
+        .route(browser::__path_login, browser::login)
+        .route(browser::__path_connect, browser::connect)
+        .route(
+            browser::__path_connect_confirmed,
+            browser::connect_confirmed,
+        )
+        .route(browser::__path_callback, browser::callback)
+        .route(oauth2::__path_authorize, oauth2::authorize)
+        .route(oauth2::__path_decide, oauth2::decide)
+        .route(token::__path_register, token::register)
+}
+
+/// The other routes a browser session reaches.
+fn browser_routes() -> Routes<AppState> {
+    Routes::default()
+        .route(pages::__path_home, pages::home)
+        .route(pages::__path_disconnect_form, pages::disconnect_form)
+        .route(pages::__path_end_all_form, pages::end_all_form)
+        .route(browser::__path_logout, browser::logout)
+        .route(account::__path_me, account::me)
+        .route(account::__path_sessions, account::sessions)
+        .route(account::__path_end_all_sessions, account::end_all_sessions)
+        .route(account::__path_connections, account::connections)
+        .route(account::__path_disconnect, account::disconnect)
+        .route(agent::__path_delegate, agent::delegate)
+        .route(oauth2::__path_grants, oauth2::grants)
+        .route(oauth2::__path_revoke_grant, oauth2::revoke_grant)
+        .route(oauth2::__path_revoke_grant_form, oauth2::revoke_grant_form)
+        .route(admin::__path_keys, admin::keys)
+        .route(admin::__path_rotate, admin::rotate)
+        .route(admin::__path_rewrap, admin::rewrap)
+        .route(admin::__path_audit_events, admin::audit_events)
+        .route(admin::__path_revoke_user, admin::revoke_user)
+}
+
+/// Routes without a browser session: operations, metadata, the token endpoint, agents.
+fn open_routes() -> Routes<AppState> {
+    Routes::default()
+        .route(pages::__path_stylesheet, pages::stylesheet)
+        .route(ops::__path_healthz, ops::healthz)
+        .route(ops::__path_readyz, ops::readyz)
+        .route(ops::__path_metrics, ops::metrics)
+        .route(openapi::__path_openapi, openapi::openapi)
+        .route(oauth2::__path_metadata, oauth2::metadata)
+        .route(
+            oauth2::__path_mcp_resource_metadata,
+            oauth2::mcp_resource_metadata,
+        )
+        .route(
+            oauth2::__path_api_resource_metadata,
+            oauth2::api_resource_metadata,
+        )
+        .route(token::__path_token, token::token)
+        .route(token::__path_revoke, token::revoke)
+        .route(agent::__path_list_tools, agent::list_tools)
+        .route(agent::__path_run_tool, agent::run_tool)
+        .route(agent::__path_release, agent::release)
+        // Mounted by `app` as a service, at the same path.
+        .document(mcp::__path_operation)
+}
+
+/// Every route with its documentation, in the groups `app` builds the router from.
+fn route_table() -> [Routes<AppState>; 3] {
+    [sign_in_routes(), browser_routes(), open_routes()]
+}
+
 /// The whole router.
 pub fn app(state: AppState) -> Router {
-    let sign_in = Router::new()
-        .route("/login/{provider}", get(browser::login))
-        .route(
-            "/connect/{provider}",
-            get(browser::connect).post(browser::connect_confirmed),
-        )
-        .route("/oauth/callback/{provider}", get(browser::callback))
-        .route(
-            "/oauth2/authorize",
-            get(oauth2::authorize).post(oauth2::decide),
-        )
-        .route("/oauth2/register", post(oauth2::register))
+    let sign_in = sign_in_routes()
+        .into_router()
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             guard::rate_limit,
         ));
     // Routes a browser session reaches: tower-sessions reads the cookie (lazily: a route
     // that does not look at its session reads nothing) and saves what changed.
-    let browser = Router::new()
-        .route("/", get(pages::home))
-        .route("/connections/{id}/disconnect", post(pages::disconnect_form))
-        .route("/sessions/end-all", post(pages::end_all_form))
+    let browser = browser_routes()
+        .into_router()
         .merge(sign_in)
-        .route("/logout", post(browser::logout))
-        .route("/api/me", get(browser::me))
-        .route(
-            "/api/sessions",
-            get(browser::sessions).delete(browser::end_all_sessions),
-        )
-        .route("/api/connections", get(browser::connections))
-        .route("/api/connections/{id}", delete(browser::disconnect))
-        .route("/api/delegations", post(agent::delegate))
-        .route("/api/grants", get(oauth2::grants))
-        .route("/api/grants/{id}", delete(oauth2::revoke_grant))
-        .route("/grants/{id}/revoke", post(oauth2::revoke_grant_form))
-        .route("/admin/keys", get(admin::keys))
-        .route("/admin/keys/rotate", post(admin::rotate))
-        .route("/admin/keys/rewrap", post(admin::rewrap))
-        .route("/admin/audit", get(admin::audit_events))
-        .route("/admin/users/{id}/revoke", post(admin::revoke_user))
         .layer(browser::session_layer(
             state.sessions.store(),
             state.config.https,
@@ -235,33 +278,12 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             browser::dress_cookie_removal,
         ));
-    let router = Router::new()
-        .route("/static/app.css", get(pages::stylesheet))
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
-        .route("/openapi.json", get(openapi::openapi))
+    let router = open_routes()
+        .into_router()
         .merge(browser)
-        .route(
-            "/.well-known/oauth-authorization-server",
-            get(oauth2::metadata),
-        )
-        .route(
-            "/.well-known/oauth-protected-resource/mcp",
-            get(oauth2::mcp_resource_metadata),
-        )
-        .route(
-            "/.well-known/oauth-protected-resource/v1",
-            get(oauth2::api_resource_metadata),
-        )
-        .route("/oauth2/token", post(oauth2::token))
-        .route("/oauth2/revoke", post(oauth2::revoke))
-        .route("/v1/tools", get(agent::list_tools))
-        .route("/v1/tools/{tool}/run", post(agent::run_tool))
-        .route("/v1/credentials/{provider}", post(agent::release))
         .merge(
             Router::new()
-                .route_service("/mcp", mcp::service(&state))
+                .route_service(mcp::PATH, mcp::service(&state))
                 .layer(middleware::from_fn_with_state(
                     state.clone(),
                     mcp::authenticate,

@@ -1,56 +1,62 @@
-//! The authorization server's routes (SPEC §11): metadata (RFC 8414, RFC 9728), the
-//! authorization request and its consent page, the token, revocation and registration
-//! endpoints, and the user's grants (`/api/grants`, the account page's Revoke).
+//! The authorization server's routes for browsers (SPEC §11): metadata (RFC 8414,
+//! RFC 9728), the authorization request and its consent page, and the user's grants
+//! (`/api/grants`, the account page's Revoke). The token, revocation and registration
+//! endpoints are in `token.rs`.
 //!
-//! Token, revocation and registration errors are RFC 6749 §5.2 / RFC 7591 JSON
-//! (`{"error", "error_description"}`), as OAuth clients expect; an authorization request
-//! whose client or redirect URI is not trusted gets an error page and never a redirect.
+//! An authorization request whose client or redirect URI is not trusted gets an error
+//! page and never a redirect.
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
 use serde::Deserialize;
-use serde_json::{Value, json};
 
 use super::AppState;
+use super::bodies::{ConsentBody, GrantItem, GrantList, ResourceMetadata, ServerMetadata};
 use super::browser::{BrowserSession, SignedIn, require_csrf};
 use crate::clock::rfc3339;
 use crate::error::Error;
-use crate::grants::{
-    Audience, AuthorizeRequest, ClientAuth, GrantError, Pending, Refusal, TokenRequest,
-};
-use crate::secret::ClientPresented;
+use crate::grants::{Audience, AuthorizeRequest, GrantError, Pending, Refusal};
 use crate::sessions::Sessions;
 
 /// `GET /.well-known/oauth-authorization-server` (RFC 8414).
-pub async fn metadata(State(app): State<AppState>) -> Json<Value> {
+#[utoipa::path(
+    get,
+    path = "/.well-known/oauth-authorization-server",
+    operation_id = "authorization_server_metadata",
+    summary = "Authorization server metadata (RFC 8414); issuer is public_url",
+    responses((status = 200, description = "Metadata", body = ServerMetadata))
+)]
+pub async fn metadata(State(app): State<AppState>) -> Json<ServerMetadata> {
+    const AUTH_METHODS: &[&str] = &[
+        "client_secret_basic",
+        "client_secret_post",
+        "private_key_jwt",
+        "none",
+    ];
     let g = &app.grants;
-    Json(json!({
-        "issuer": g.issuer(),
-        "authorization_endpoint": g.endpoint("/oauth2/authorize"),
-        "token_endpoint": g.endpoint("/oauth2/token"),
-        "revocation_endpoint": g.endpoint("/oauth2/revoke"),
-        "registration_endpoint": g.endpoint("/oauth2/register"),
-        "response_types_supported": ["code"],
-        "response_modes_supported": ["query"],
-        "grant_types_supported": ["authorization_code", "refresh_token"],
-        "code_challenge_methods_supported": ["S256"],
-        "token_endpoint_auth_methods_supported":
-            ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"],
-        "token_endpoint_auth_signing_alg_values_supported": ["ES256", "EdDSA"],
-        "revocation_endpoint_auth_methods_supported":
-            ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"],
-        "scopes_supported": g.scopes_supported(),
-        "authorization_response_iss_parameter_supported": true,
-        "client_id_metadata_document_supported": true,
-    }))
+    Json(ServerMetadata {
+        issuer: g.issuer().to_owned(),
+        authorization_endpoint: g.endpoint("/oauth2/authorize"),
+        token_endpoint: g.endpoint("/oauth2/token"),
+        revocation_endpoint: g.endpoint("/oauth2/revoke"),
+        registration_endpoint: g.endpoint("/oauth2/register"),
+        response_types_supported: &["code"],
+        response_modes_supported: &["query"],
+        grant_types_supported: &["authorization_code", "refresh_token"],
+        code_challenge_methods_supported: &["S256"],
+        token_endpoint_auth_methods_supported: AUTH_METHODS,
+        token_endpoint_auth_signing_alg_values_supported: &["ES256", "EdDSA"],
+        revocation_endpoint_auth_methods_supported: AUTH_METHODS,
+        scopes_supported: g.scopes_supported(),
+        authorization_response_iss_parameter_supported: true,
+        client_id_metadata_document_supported: true,
+    })
 }
 
 /// The protected resource metadata (RFC 9728) of `audience`.
-fn resource_metadata(app: &AppState, audience: Audience) -> Json<Value> {
+fn resource_metadata(app: &AppState, audience: Audience) -> Json<ResourceMetadata> {
     let g = &app.grants;
     // MCP clients ask for every scope listed here: only tools, never raw credentials.
     let scopes: Vec<String> = g
@@ -58,27 +64,41 @@ fn resource_metadata(app: &AppState, audience: Audience) -> Json<Value> {
         .into_iter()
         .filter(|s| audience == Audience::Api || s.starts_with("tool:"))
         .collect();
-    Json(json!({
-        "resource": g.resource(audience),
-        "authorization_servers": [g.issuer()],
-        "scopes_supported": scopes,
-        "bearer_methods_supported": ["header"],
-        "resource_name": "Strongbox",
-    }))
+    Json(ResourceMetadata {
+        resource: g.resource(audience),
+        authorization_servers: vec![g.issuer().to_owned()],
+        scopes_supported: scopes,
+        bearer_methods_supported: &["header"],
+        resource_name: "Strongbox",
+    })
 }
 
 /// `GET /.well-known/oauth-protected-resource/mcp`.
-pub async fn mcp_resource_metadata(State(app): State<AppState>) -> Json<Value> {
+#[utoipa::path(
+    get,
+    path = "/.well-known/oauth-protected-resource/mcp",
+    operation_id = "mcp_resource_metadata",
+    summary = "Protected resource metadata (RFC 9728) of /mcp: resource {public_url}/mcp",
+    responses((status = 200, description = "Metadata", body = ResourceMetadata))
+)]
+pub async fn mcp_resource_metadata(State(app): State<AppState>) -> Json<ResourceMetadata> {
     resource_metadata(&app, Audience::Mcp)
 }
 
 /// `GET /.well-known/oauth-protected-resource/v1`.
-pub async fn api_resource_metadata(State(app): State<AppState>) -> Json<Value> {
+#[utoipa::path(
+    get,
+    path = "/.well-known/oauth-protected-resource/v1",
+    operation_id = "api_resource_metadata",
+    summary = "Protected resource metadata (RFC 9728) of the agent routes: resource {public_url}/v1",
+    responses((status = 200, description = "Metadata", body = ResourceMetadata))
+)]
+pub async fn api_resource_metadata(State(app): State<AppState>) -> Json<ResourceMetadata> {
     resource_metadata(&app, Audience::Api)
 }
 
 /// A `303 See Other` to `to`.
-fn see_other(to: &str) -> Response {
+pub(super) fn see_other(to: &str) -> Response {
     let mut resp = StatusCode::SEE_OTHER.into_response();
     if let Ok(v) = HeaderValue::from_str(to) {
         resp.headers_mut().insert(header::LOCATION, v);
@@ -115,6 +135,30 @@ fn authorize_path(req: &AuthorizeRequest) -> String {
 }
 
 /// `GET /oauth2/authorize` — the sign-in page first if need be, then the consent page.
+#[utoipa::path(
+    get,
+    path = "/oauth2/authorize",
+    operation_id = "authorize",
+    summary = "Authorization request, in the query: response_type=code, client_id, redirect_uri, \
+               scope, state, code_challenge, code_challenge_method=S256, optional resource. \
+               Not signed in: the sign-in page, which comes back here; then the consent page. \
+               An unknown client or a redirect_uri not registered exactly gets an error, \
+               never a redirect; any other fault goes back to the client",
+    params(
+        ("response_type" = String, Query), ("client_id" = String, Query),
+        ("redirect_uri" = String, Query), ("scope" = Option<String>, Query),
+        ("state" = Option<String>, Query), ("code_challenge" = String, Query),
+        ("code_challenge_method" = String, Query), ("resource" = Option<String>, Query),
+    ),
+    responses(
+        (status = 200, description = "The sign-in page or the consent page (HTML)"),
+        (status = 303, description = "Back to redirect_uri with error (unsupported_response_type, \
+            invalid_request, invalid_scope, invalid_target), error_description, state and iss"),
+        (status = 400, description = "code: invalid_client, invalid_request; a browser \
+            (Accept: text/html) gets an error page", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "code: rate_limited", body = crate::error::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn authorize(
     State(app): State<AppState>,
     current: Option<BrowserSession>,
@@ -150,6 +194,24 @@ pub struct ConsentForm {
 
 /// `POST /oauth2/authorize` — Approve or Deny. Everything is checked again: the form is
 /// only the user's answer, never trusted for what it says about the client.
+#[utoipa::path(
+    post,
+    path = "/oauth2/authorize",
+    operation_id = "decide",
+    summary = "The consent page's Approve or Deny, with the authorization request again \
+               (checked again, never trusted)",
+    request_body(content = ConsentBody, content_type = "application/x-www-form-urlencoded"),
+    security(("session" = [], "csrf" = [])),
+    responses(
+        (status = 303, description = "Back to redirect_uri with state and iss: code when \
+            approved; error=access_denied when denied or when policy allows nothing asked for; \
+            or the error of a request that no longer checks out"),
+        (status = 400, description = "code: invalid_client, invalid_request", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "code: unauthorized", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "code: csrf_failed", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "code: rate_limited", body = crate::error::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn decide(
     State(app): State<AppState>,
     me: SignedIn,
@@ -209,287 +271,52 @@ pub async fn decide(
     Ok(resp)
 }
 
-/// An RFC 6749 §5.2 error answer.
-fn oauth_error(e: &GrantError, basic: bool) -> Response {
-    if e.database_unavailable() {
-        let mut resp = (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "error": "temporarily_unavailable",
-                         "error_description": "the database is unavailable; retry shortly" })),
-        )
-            .into_response();
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return resp;
-    }
-    let status = match e {
-        GrantError::InvalidClient(_) => StatusCode::UNAUTHORIZED,
-        GrantError::Database(_)
-        | GrantError::Agents(_)
-        | GrantError::Crypto(_)
-        | GrantError::Policy(_) => {
-            tracing::error!(error = %e, "token endpoint failed");
-            StatusCode::INTERNAL_SERVER_ERROR
-        }
-        _ => StatusCode::BAD_REQUEST,
-    };
-    let description = if status == StatusCode::INTERNAL_SERVER_ERROR {
-        "the request failed; the cause is in the server log".to_owned()
-    } else {
-        e.to_string()
-    };
-    let mut resp = (
-        status,
-        Json(json!({ "error": e.code(), "error_description": description })),
-    )
-        .into_response();
-    if basic && status == StatusCode::UNAUTHORIZED {
-        resp.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Basic realm=\"strongbox\""),
-        );
-    }
-    resp
-}
-
-/// A form body as name/value pairs (each name once).
-fn form_fields(
-    body: &Bytes,
-) -> Result<std::collections::HashMap<String, zeroize::Zeroizing<String>>, GrantError> {
-    let mut out = std::collections::HashMap::new();
-    for (k, v) in url::form_urlencoded::parse(body) {
-        if out
-            .insert(k.into_owned(), zeroize::Zeroizing::new(v.into_owned()))
-            .is_some()
-        {
-            return Err(GrantError::InvalidRequest(
-                "a parameter was sent twice".into(),
-            ));
-        }
-    }
-    Ok(out)
-}
-
-/// The client's authentication: HTTP Basic, or form fields (RFC 6749 §2.3, RFC 7523 §2.2).
-fn client_auth(
-    headers: &HeaderMap,
-    form: &std::collections::HashMap<String, zeroize::Zeroizing<String>>,
-) -> Result<(ClientAuth, bool), GrantError> {
-    let field = |k: &str| form.get(k).map(|v| v.as_str().to_owned());
-    let basic = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("basic"))
-        .map(|(_, b)| b.trim().to_owned());
-    let methods = usize::from(basic.is_some())
-        + usize::from(form.contains_key("client_secret"))
-        + usize::from(form.contains_key("client_assertion"));
-    if methods > 1 {
-        return Err(GrantError::InvalidRequest(
-            "use one client authentication method".into(),
-        ));
-    }
-    if let Some(b64) = basic {
-        let bad = || GrantError::InvalidClient("malformed Basic credentials".into());
-        let raw = zeroize::Zeroizing::new(
-            base64::engine::general_purpose::STANDARD
-                .decode(b64)
-                .map_err(|_| bad())?,
-        );
-        let text = std::str::from_utf8(&raw).map_err(|_| bad())?;
-        let (id, secret) = text.split_once(':').ok_or_else(bad)?;
-        let decode = |s: &str| {
-            url::form_urlencoded::parse(format!("x={s}").as_bytes())
-                .next()
-                .map(|(_, v)| v.into_owned())
-        };
-        let id = decode(id).ok_or_else(bad)?;
-        let secret = ClientPresented::new(decode(secret).ok_or_else(bad)?);
-        return Ok((ClientAuth::Secret { id, secret }, true));
-    }
-    if let Some(assertion) = field("client_assertion") {
-        if field("client_assertion_type").as_deref() != Some(crate::grants::JWT_BEARER) {
-            return Err(GrantError::InvalidClient(
-                "unsupported client_assertion_type".into(),
-            ));
-        }
-        return Ok((
-            ClientAuth::Assertion {
-                id: field("client_id"),
-                assertion: ClientPresented::new(assertion),
-            },
-            false,
-        ));
-    }
-    let id = field("client_id")
-        .ok_or_else(|| GrantError::InvalidClient("client authentication is required".into()))?;
-    Ok(match field("client_secret") {
-        Some(secret) => (
-            ClientAuth::Secret {
-                id,
-                secret: ClientPresented::new(secret),
-            },
-            false,
-        ),
-        None => (ClientAuth::None { id }, false),
-    })
-}
-
-/// Authenticates the client of a token or revocation request, within the per-address
-/// budget of failed authentications.
-async fn authenticated(
-    app: &AppState,
-    parts: &axum::http::request::Parts,
-    form: &std::collections::HashMap<String, zeroize::Zeroizing<String>>,
-) -> Result<crate::grants::Client, Response> {
-    let address = super::guard::client_address_of(app, parts);
-    if let Err(w) = app.limits.before_authentication(address, None) {
-        return Err(Error::RateLimited(w.0).into_response());
-    }
-    let (auth, basic) = client_auth(&parts.headers, form).map_err(|e| oauth_error(&e, false))?;
-    match app.grants.authenticate(&auth).await {
-        Ok(client) => {
-            // Only a client that proved something counts as known to the failure limit
-            // (a public client's id is public).
-            if client.kind != crate::grants::ClientKind::Public {
-                app.limits.agent_authenticated(&client.id);
-            }
-            Ok(client)
-        }
-        Err(e) => {
-            if matches!(e, GrantError::InvalidClient(_)) {
-                app.limits.authentication_failed(address);
-            }
-            Err(oauth_error(&e, basic))
-        }
-    }
-}
-
-/// A form posted to the token or revocation endpoint, and its authenticated client.
-type Form = std::collections::HashMap<String, zeroize::Zeroizing<String>>;
-
-/// Reads the form of a token or revocation request and authenticates its client; an
-/// answer to send instead when either fails.
-async fn client_request(
-    app: &AppState,
-    req: axum::extract::Request,
-) -> Result<(axum::http::request::Parts, Form, crate::grants::Client), Response> {
-    let (parts, body) = req.into_parts();
-    let Ok(body) = axum::body::to_bytes(body, super::guard::MAX_BODY).await else {
-        return Err(Error::TooLarge.into_response());
-    };
-    let form = form_fields(&body).map_err(|e| oauth_error(&e, false))?;
-    let client = authenticated(app, &parts, &form).await?;
-    Ok((parts, form, client))
-}
-
-/// `POST /oauth2/token`.
-pub async fn token(State(app): State<AppState>, req: axum::extract::Request) -> Response {
-    let (parts, form, client) = match client_request(&app, req).await {
-        Ok(r) => r,
-        Err(resp) => return resp,
-    };
-    let take = |k: &str| {
-        form.get(k)
-            .map(|v| ClientPresented::new(v.as_str().to_owned()))
-    };
-    let text = |k: &str| form.get(k).map(|v| v.as_str().to_owned());
-    let request = TokenRequest {
-        grant_type: text("grant_type").unwrap_or_default(),
-        code: take("code"),
-        redirect_uri: text("redirect_uri"),
-        code_verifier: take("code_verifier"),
-        refresh_token: take("refresh_token"),
-        scope: text("scope"),
-        resource: text("resource"),
-    };
-    let request_id = super::observe::request_id_of(&parts.extensions);
-    match app.grants.token(&client, request, &request_id).await {
-        Ok(issued) => {
-            let body = zeroize::Zeroizing::new(
-                json!({
-                    "access_token": issued.access_token.reveal(),
-                    "token_type": "Bearer",
-                    "expires_in": issued.expires_in,
-                    "refresh_token": issued.refresh_token.reveal(),
-                    "scope": issued.scope,
-                })
-                .to_string(),
-            );
-            let mut resp = (StatusCode::OK, body.to_string()).into_response();
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            resp.headers_mut()
-                .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-            resp
-        }
-        Err(e) => oauth_error(&e, false),
-    }
-}
-
-/// `POST /oauth2/revoke` (RFC 7009): 200 whether or not the token was known.
-pub async fn revoke(State(app): State<AppState>, req: axum::extract::Request) -> Response {
-    let (parts, form, client) = match client_request(&app, req).await {
-        Ok(r) => r,
-        Err(resp) => return resp,
-    };
-    let Some(token) = form
-        .get("token")
-        .map(|t| ClientPresented::new(t.as_str().to_owned()))
-    else {
-        return oauth_error(
-            &GrantError::InvalidRequest("token is required".into()),
-            false,
-        );
-    };
-    let request_id = super::observe::request_id_of(&parts.extensions);
-    match app.grants.revoke_token(&client, &token, &request_id).await {
-        Ok(()) => StatusCode::OK.into_response(),
-        Err(e) => oauth_error(&e, false),
-    }
-}
-
-/// `POST /oauth2/register` (RFC 7591): public clients only.
-pub async fn register(State(app): State<AppState>, body: Bytes) -> Response {
-    let req = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(_) => {
-            return oauth_error(
-                &GrantError::InvalidClientMetadata(
-                    "the body is not a JSON registration request".into(),
-                ),
-                false,
-            );
-        }
-    };
-    match app.grants.register(req).await {
-        Ok(registered) => (StatusCode::CREATED, Json(registered)).into_response(),
-        Err(e) => oauth_error(&e, false),
-    }
-}
-
 /// `GET /api/grants` — the signed-in user's grants.
-pub async fn grants(State(app): State<AppState>, me: SignedIn) -> Result<Json<Value>, Error> {
-    let list: Vec<Value> = app
+#[utoipa::path(
+    get,
+    path = "/api/grants",
+    operation_id = "grants",
+    summary = "The user's grants (what agents were approved for on a consent page), newest first",
+    security(("session" = [])),
+    responses(
+        (status = 200, description = "Grants", body = GrantList),
+        (status = 401, description = "code: unauthorized", body = crate::error::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn grants(State(app): State<AppState>, me: SignedIn) -> Result<Json<GrantList>, Error> {
+    let grants = app
         .grants
         .list(&me.user_id)
         .await?
         .into_iter()
-        .map(|g| {
-            json!({
-                "id": g.id, "agent": g.agent, "tools": g.tools, "providers": g.providers,
-                "created_at": rfc3339(g.created_at), "expires_at": rfc3339(g.expires_at),
-                "last_used_at": g.last_used_at.map(rfc3339),
-            })
+        .map(|g| GrantItem {
+            id: g.id,
+            agent: g.agent,
+            tools: g.tools,
+            providers: g.providers,
+            created_at: rfc3339(g.created_at),
+            expires_at: rfc3339(g.expires_at),
+            last_used_at: g.last_used_at.map(rfc3339),
         })
         .collect();
-    Ok(Json(json!({ "grants": list })))
+    Ok(Json(GrantList { grants }))
 }
 
 /// `DELETE /api/grants/{id}` — revoke one; its tokens stop working at once.
+#[utoipa::path(
+    delete,
+    path = "/api/grants/{id}",
+    operation_id = "revoke_grant",
+    summary = "Revoke a grant: its access and refresh tokens stop working at once",
+    params(("id" = String, Path, description = "the grant")),
+    security(("session" = [], "csrf" = [])),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 401, description = "code: unauthorized", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "code: csrf_failed", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "code: not_found", body = crate::error::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn revoke_grant(
     State(app): State<AppState>,
     me: SignedIn,
@@ -503,6 +330,21 @@ pub async fn revoke_grant(
 }
 
 /// `POST /grants/{id}/revoke` — the account page's Revoke button.
+#[utoipa::path(
+    post,
+    path = "/grants/{id}/revoke",
+    operation_id = "revoke_grant_form",
+    summary = "Revoke a grant from the account page's form",
+    params(("id" = String, Path, description = "the grant")),
+    request_body(content = super::pages::CsrfField, content_type = "application/x-www-form-urlencoded"),
+    security(("session" = [], "csrf" = [])),
+    responses(
+        (status = 303, description = "Redirect to the account page"),
+        (status = 401, description = "code: unauthorized", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "code: csrf_failed", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "code: not_found", body = crate::error::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn revoke_grant_form(
     State(app): State<AppState>,
     me: SignedIn,

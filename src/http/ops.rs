@@ -3,22 +3,39 @@
 
 use std::fmt::Write;
 
+use super::AppState;
+use super::bodies::{Health, Readiness};
+use crate::error::Error;
 use axum::Json;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
-use serde_json::{Value, json};
-
-use super::AppState;
-use crate::error::Error;
 
 /// `GET /healthz` — the process is up.
-pub async fn healthz() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "healthz",
+    summary = "Process up",
+    responses((status = 200, description = "Up", body = Health))
+)]
+pub async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
 }
 
 /// `GET /readyz` — the database answers and the primary KEK unseals.
-pub async fn readyz(State(app): State<AppState>) -> Result<Json<Value>, Error> {
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "readyz",
+    summary = "Database and keys usable",
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "code: not_ready", body = crate::error::Problem,
+            content_type = "application/problem+json"),
+    )
+)]
+pub async fn readyz(State(app): State<AppState>) -> Result<Json<Readiness>, Error> {
     app.db
         .ping()
         .await
@@ -27,11 +44,21 @@ pub async fn readyz(State(app): State<AppState>) -> Result<Json<Value>, Error> {
         tracing::warn!(error = %e, "readiness check failed");
         Error::NotReady("the vault keys cannot be unsealed".into())
     })?;
-    Ok(Json(json!({ "status": "ready", "primary_kek": primary })))
+    Ok(Json(Readiness {
+        status: "ready",
+        primary_kek: primary,
+    }))
 }
 
 /// `GET /metrics` — requests, releases, tool runs, refreshes, denials, rate-limit hits and
 /// audit commits; then key age, records and wraps per KEK version.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    summary = "Prometheus text",
+    responses((status = 200, description = "Metrics", content_type = "text/plain"))
+)]
 pub async fn metrics(State(app): State<AppState>) -> Result<impl IntoResponse, Error> {
     let status = app.vault.status().await?;
     let now = app.clock.unix();

@@ -21,6 +21,13 @@ use crate::oauth::Disconnected;
 use crate::sessions::Sessions;
 
 /// `GET /static/app.css`.
+#[utoipa::path(
+    get,
+    path = "/static/app.css",
+    operation_id = "stylesheet",
+    summary = "The pages' stylesheet",
+    responses((status = 200, description = "CSS", content_type = "text/css"))
+)]
 pub async fn stylesheet() -> Response {
     (
         [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
@@ -30,6 +37,13 @@ pub async fn stylesheet() -> Response {
 }
 
 /// `GET /` — the sign-in page, or the account page when signed in.
+#[utoipa::path(
+    get,
+    path = "/",
+    operation_id = "home",
+    summary = "Sign-in page, or the account page when signed in",
+    responses((status = 200, description = "HTML page", content_type = "text/html"))
+)]
 pub async fn home(
     State(app): State<AppState>,
     current: Option<BrowserSession>,
@@ -200,8 +214,9 @@ pub struct ConfirmConnect<'a> {
     pub csrf: &'a str,
 }
 
-/// The CSRF token is not printable: no `Debug`.
-#[derive(Deserialize)]
+/// A form that carries only the CSRF token.
+// The CSRF token is not printable: no `Debug`.
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct CsrfField {
     csrf_token: String,
 }
@@ -220,6 +235,20 @@ fn back_home() -> Response {
 }
 
 /// `POST /connections/{id}/disconnect` — the account page's disconnect button.
+#[utoipa::path(
+    post,
+    path = "/connections/{id}/disconnect",
+    operation_id = "disconnect_form",
+    summary = "Disconnect from the account page's form",
+    params(("id" = String, Path, description = "the connection")),
+    request_body(content = CsrfField, content_type = "application/x-www-form-urlencoded"),
+    security(("session" = [], "csrf" = [])),
+    responses(
+        (status = 303, description = "Redirect"),
+        (status = 401, description = "code: unauthorized", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "code: csrf_failed", body = crate::error::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn disconnect_form(
     State(app): State<AppState>,
     me: SignedIn,
@@ -239,6 +268,19 @@ pub async fn disconnect_form(
 }
 
 /// `POST /sessions/end-all` — the account page's "sign out everywhere" button.
+#[utoipa::path(
+    post,
+    path = "/sessions/end-all",
+    operation_id = "end_all_form",
+    summary = "Sign out everywhere from the account page's form",
+    request_body(content = CsrfField, content_type = "application/x-www-form-urlencoded"),
+    security(("session" = [], "csrf" = [])),
+    responses(
+        (status = 303, description = "Redirect"),
+        (status = 401, description = "code: unauthorized", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "code: csrf_failed", body = crate::error::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn end_all_form(
     State(app): State<AppState>,
     me: SignedIn,
@@ -246,7 +288,7 @@ pub async fn end_all_form(
     Form(f): Form<CsrfField>,
 ) -> Result<Response, Error> {
     require_csrf(&app, &headers, &me.token, Some(&f.csrf_token))?;
-    super::browser::end_all(&app, &me).await?;
+    super::account::end_all(&app, &me).await?;
     Ok(back_home())
 }
 

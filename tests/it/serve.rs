@@ -185,3 +185,48 @@ async fn limits_and_security_headers() {
     // Operations routes are not rate-limited.
     assert_eq!(get("/healthz".into()).await.status(), StatusCode::OK);
 }
+
+/// Every operation `/openapi.json` names is routed: none gets axum's 405 or the fallback's
+/// `not_found` (no handler answers that code to a request without credentials).
+#[tokio::test]
+async fn every_documented_operation_is_routed() {
+    let site = Site::new(Engine::Sqlite).await.unwrap();
+    site.ok(&["keys", "init"]);
+    let clock: std::sync::Arc<dyn strongbox::clock::Clock> =
+        std::sync::Arc::new(strongbox::clock::SystemClock);
+    let config = strongbox::config::Config::from_toml("").unwrap();
+    let state =
+        strongbox::AppState::build(config, site.db().await, site.vault().await, clock).unwrap();
+    let app = strongbox::app(state);
+    let doc = serde_json::to_value(strongbox::http::openapi::document()).unwrap();
+    let mut seen = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        let uri: String = path
+            .split('/')
+            .map(|s| if s.starts_with('{') { "x" } else { s })
+            .collect::<Vec<_>>()
+            .join("/");
+        for method in item.as_object().unwrap().keys() {
+            let req = Request::builder()
+                .method(method.to_uppercase().as_str())
+                .uri(if uri.is_empty() { "/" } else { uri.as_str() })
+                .body(Body::empty())
+                .unwrap();
+            let resp = app.clone().oneshot(req).await.unwrap();
+            let status = resp.status();
+            let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            let code = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["code"].as_str().map(str::to_owned));
+            assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+            assert!(
+                !(status == StatusCode::NOT_FOUND && code.as_deref() == Some("not_found")),
+                "{method} {path} is not routed"
+            );
+            seen += 1;
+        }
+    }
+    assert!(seen >= 39, "{seen}");
+}

@@ -1,37 +1,26 @@
-//! The document parses, matches the router, and lists each route's error codes.
+//! The document matches the router, lists each route's error codes, and is what
+//! `/openapi.json` serves.
 
 use std::collections::BTreeSet;
 
+use serde_json::Value;
+
 use super::*;
 
-/// Every `.route(path, method(...))` in the router source, as (METHOD, path), and every
-/// `.route_service(path, ...)` as (post, path).
-fn router_routes() -> BTreeSet<(String, String)> {
-    let src = include_str!("../mod.rs");
+fn doc() -> Value {
+    serde_json::to_value(document()).unwrap()
+}
+
+/// Every (method, path) the router is built from: the handlers `Routes::route` routed,
+/// and `/mcp`, which `app` mounts as a service.
+fn routed() -> BTreeSet<(String, String)> {
     let mut out = BTreeSet::new();
-    for chunk in src.split(".route(").skip(1) {
-        let Some(rest) = chunk.trim_start().strip_prefix('"') else {
-            continue;
-        };
-        let Some((path, rest)) = rest.split_once('"') else {
-            continue;
-        };
-        let call = rest.split(")\n").next().unwrap_or_default();
-        for m in ["get", "post", "delete", "put", "patch"] {
-            if call.contains(&format!(" {m}(")) || call.contains(&format!(".{m}(")) {
-                out.insert((m.to_owned(), path.to_owned()));
+    for routes in crate::http::route_table() {
+        for (path, item) in routes.paths.paths {
+            let item = serde_json::to_value(item).unwrap();
+            for method in item.as_object().unwrap().keys() {
+                out.insert((method.clone(), path.clone()));
             }
-        }
-    }
-    // `.route_service(path, ...)` mounts a whole service there: `/mcp`, whose Streamable
-    // HTTP transport is POST.
-    for chunk in src.split(".route_service(").skip(1) {
-        let path = chunk
-            .trim_start()
-            .strip_prefix('"')
-            .and_then(|rest| rest.split_once('"'));
-        if let Some((path, _)) = path {
-            out.insert(("post".to_owned(), path.to_owned()));
         }
     }
     out
@@ -39,29 +28,50 @@ fn router_routes() -> BTreeSet<(String, String)> {
 
 #[test]
 fn openapi_matches_the_router() {
-    let doc = serde_json::to_value(parsed().unwrap()).unwrap();
+    let doc = doc();
     assert_eq!(doc["openapi"], "3.1.0");
     let mut documented = BTreeSet::new();
+    let mut ids = BTreeSet::new();
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, op) in item.as_object().unwrap() {
             assert!(
                 op["responses"].as_object().is_some_and(|r| !r.is_empty()),
                 "{method} {path}"
             );
+            let id = op["operationId"].as_str().unwrap_or_default();
+            assert!(ids.insert(id.to_owned()), "{method} {path}: {id:?} twice");
             documented.insert((method.clone(), path.clone()));
         }
     }
-    let routed = router_routes();
-    assert!(routed.len() >= 25, "the router scan found {routed:?}");
-    assert_eq!(
-        routed, documented,
-        "routes and /openapi.json differ: document every route (src/http/openapi/routes.rs, authz.rs)"
-    );
+    let routed = routed();
+    assert!(routed.len() >= 38, "{routed:?}");
+    assert!(routed.contains(&("post".to_owned(), crate::http::mcp::PATH.to_owned())));
+    assert_eq!(routed, documented);
+}
+
+#[test]
+fn every_error_response_names_its_codes_and_schema() {
+    let doc = doc();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            for (status, r) in op["responses"].as_object().unwrap() {
+                let desc = r["description"].as_str().unwrap_or_default();
+                assert!(!desc.is_empty(), "{method} {path} {status}");
+                if let Some(problem) = r["content"].get("application/problem+json") {
+                    assert!(desc.contains("code: "), "{method} {path} {status}");
+                    assert_eq!(
+                        problem["schema"]["$ref"], "#/components/schemas/Problem",
+                        "{method} {path} {status}"
+                    );
+                }
+            }
+        }
+    }
 }
 
 #[test]
 fn agent_routes_list_their_error_codes() {
-    let doc = document();
+    let doc = doc();
     let run = &doc["paths"]["/v1/tools/{tool}/run"]["post"]["responses"];
     for (status, code) in [
         ("401", "delegation_expired"),
@@ -92,41 +102,53 @@ fn agent_routes_list_their_error_codes() {
     }
 }
 
-/// Every key of `written` that `served` lacks, as a path (an empty `required` list may go).
-fn lost(at: &str, written: &Value, served: &Value, out: &mut Vec<String>) {
-    match (written, served) {
-        (Value::Object(w), Value::Object(s)) => {
-            for (k, v) in w {
-                match s.get(k) {
-                    Some(sv) => lost(&format!("{at}/{k}"), v, sv, out),
-                    None if k == "required" && v.as_array().is_some_and(Vec::is_empty) => {}
-                    None => out.push(format!("{at}/{k}")),
-                }
-            }
-        }
-        (Value::Array(w), Value::Array(s)) => {
-            for (i, (v, sv)) in w.iter().zip(s).enumerate() {
-                lost(&format!("{at}/{i}"), v, sv, out);
-            }
-        }
-        _ => {}
-    }
+/// `/openapi.json` serves the generated document.
+#[tokio::test]
+async fn the_served_document_is_the_generated_one() {
+    let resp = openapi().await;
+    assert_eq!(resp.status(), 200);
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let served: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(served, serde_json::to_value(generate()).unwrap());
 }
 
-/// utoipa's model drops what it cannot read (a schema without `type`, `const`, an OAuth
-/// flow it mistakes for another) instead of failing: the served document must still say
-/// everything the data does.
 #[test]
-fn the_served_document_loses_nothing() {
-    let served = serde_json::to_value(parsed().unwrap()).unwrap();
-    let mut out = Vec::new();
-    lost("", &document(), &served, &mut out);
-    assert!(out.is_empty(), "lost in parsing: {out:?}");
+fn forms_and_json_bodies_have_their_media_types() {
+    let doc = doc();
+    let mut forms = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let Some(content) = op["requestBody"]["content"].as_object() else {
+                continue;
+            };
+            let form = [
+                "/connections/",
+                "/sessions/",
+                "/connect/",
+                "/grants/",
+                "/oauth2/authorize",
+                "/oauth2/token",
+                "/oauth2/revoke",
+            ]
+            .iter()
+            .any(|p| path.starts_with(p));
+            let media = if form {
+                forms += 1;
+                "application/x-www-form-urlencoded"
+            } else {
+                "application/json"
+            };
+            assert!(content.contains_key(media), "{method} {path}: {content:?}");
+        }
+    }
+    assert_eq!(forms, 7);
 }
 
 #[test]
 fn authorization_server_routes_answer_as_oauth_clients_expect() {
-    let doc = document();
+    let doc = doc();
     let token = &doc["paths"]["/oauth2/token"]["post"];
     assert!(
         token["requestBody"]["content"]
@@ -184,4 +206,17 @@ fn authorization_server_routes_answer_as_oauth_clients_expect() {
         .as_str()
         .unwrap();
     assert!(mcp.contains("resource_metadata"), "{mcp}");
+    let schemes = doc["components"]["securitySchemes"].as_object().unwrap();
+    let names: BTreeSet<&str> = schemes.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        BTreeSet::from([
+            "access_token",
+            "agent",
+            "client",
+            "csrf",
+            "delegation",
+            "session"
+        ])
+    );
 }
