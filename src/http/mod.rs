@@ -33,9 +33,21 @@ use crate::store::Db;
 use crate::vault::Vault;
 use openapi::Routes;
 
-/// What every handler can reach. Cheap to clone.
+/// What every handler can reach: one shared set of services, so that a clone (axum
+/// clones the state for every extractor and middleware that asks for it, several times a
+/// request) is one reference count.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+/// The services behind [`AppState`].
+pub struct Services {
     pub config: Arc<Config>,
     pub db: Db,
     pub vault: Arc<Vault>,
@@ -153,7 +165,7 @@ impl AppState {
         .map_err(|e| {
             crate::config::ConfigError::Parse(format!("cannot build the HTTP client: {e}"))
         })?;
-        Ok(AppState {
+        Ok(AppState(Arc::new(Services {
             agents,
             grants: Arc::new(grants),
             policies: Arc::new(policies),
@@ -170,7 +182,7 @@ impl AppState {
             metrics,
             csp,
             form_action,
-        })
+        })))
     }
 
     /// The Content-Security-Policy of a page whose forms end with a redirect to

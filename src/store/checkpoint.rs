@@ -5,8 +5,9 @@
 //! for a checkpoint. The pool's connections turn automatic checkpoints off; this task,
 //! on a connection of its own, checkpoints every [`TICK`] without blocking anyone
 //! (`PASSIVE`). Under continuous commits a passive checkpoint never finds the moment to
-//! start the log over, so once the log passes [`RESTART_FROM`] frames it asks for a
-//! `RESTART`, which waits (at most [`RESTART_PATIENCE`]) for writers to pause. Durability
+//! start the log over, so once the log passes [`RESTART_FROM`] frames and all of it is
+//! in the file, it asks for a `RESTART`, which waits (at most [`RESTART_PATIENCE`]) for
+//! readers to move past the log's end, writers held meanwhile. Durability
 //! is unchanged: every commit still syncs the log (`synchronous = FULL`).
 
 use std::sync::Weak;
@@ -55,7 +56,9 @@ pub(super) fn spawn(options: AnyConnectOptions, open: Weak<AtomicBool>) {
                     .fetch_one(&mut *c)
                     .await;
             let outcome = match passive {
-                Ok((_, log, _)) if log >= RESTART_FROM => c
+                // Only once everything in the log is in the file: the restart then waits
+                // for no copying, only for readers to move past the log's end.
+                Ok((_, log, copied)) if log >= RESTART_FROM && copied == log => c
                     .execute("PRAGMA wal_checkpoint(RESTART)")
                     .await
                     .map(|_| ()),
