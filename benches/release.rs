@@ -32,20 +32,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::{Connection, Executor};
-use strongbox::agents::{Grant, token_text};
-use strongbox::audit::{Actor, Event, Kind};
+use strongbox::audit::Actor;
 use strongbox::clock::{Clock, SystemClock};
 use strongbox::crypto::Key32;
-use strongbox::secret::AccessToken;
 use strongbox::store::Db;
-use strongbox::vault::{RootKey, RootKeySource, Scopes, TokenSet, Vault, VaultSettings};
+use strongbox::vault::{RootKey, RootKeySource, Vault, VaultSettings};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 const CONNECTIONS: usize = 32;
 /// The throughput target on PostgreSQL; latency is also measured at half of it.
 const TARGET_RATE: f64 = 5_000.0;
 
-const POLICY: &str = r#"permit(principal == Agent::"bench", action == Action::"fetch_credential", resource == Provider::"acme");"#;
+#[path = "support/releases.rs"]
+mod releases;
 
 struct Run {
     ok: usize,
@@ -270,65 +269,12 @@ async fn bench(name: &str, url: &str, seconds: u64) {
         Arc::clone(&clock),
     ));
     vault.init(Actor::Cli).await.unwrap();
-    let policies = tempfile::tempdir().unwrap();
-    std::fs::write(policies.path().join("bench.cedar"), POLICY).unwrap();
-    let config = strongbox::config::Config::from_toml(&format!(
-        "policies_dir = \"{}\"\n\
-         {limits}\
-         [providers.acme]\nkind = \"oauth2\"\nclient_id = \"cid\"\nclient_secret = \"cs\"\n\
-         authorize_url = \"http://127.0.0.1:9/a\"\ntoken_url = \"http://127.0.0.1:9/t\"\n",
-        policies.path().display(),
-        limits = if limits_at_defaults() {
-            ""
-        } else {
-            "[limits]\nsignin_per_second = 0\nagent_user_per_second = 0\nagent_per_second = 0\n"
-        },
-    ))
-    .unwrap();
-    let state =
-        strongbox::AppState::build(config, db.clone(), Arc::clone(&vault), Arc::clone(&clock))
-            .unwrap();
-
-    // A user with a warm, unexpired token, an agent and a delegation.
-    let user = "bench-user";
-    let mut tx = db.begin().await.unwrap();
-    strongbox::store::users::insert(&mut tx, user, clock.unix())
-        .await
-        .unwrap();
-    let tokens = TokenSet {
-        access_token: AccessToken::new("at-bench-not-a-real-token".into()),
-        refresh_token: None,
-        id_token: None,
-        token_type: "Bearer".into(),
-        expires_at: Some(clock.unix() + 86_400),
-        scopes: vec!["read".into()],
+    let limits = if limits_at_defaults() {
+        ""
+    } else {
+        releases::LIMITS_OFF
     };
-    let event = Event::new(Kind::CredentialStored, Actor::Cli, format!("user:{user}"));
-    vault
-        .store(&mut tx, event, user, "acme", &tokens, Scopes::Replace)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-    let (agent, secret) = state
-        .agents
-        .add("bench", &Default::default(), Actor::Cli)
-        .await
-        .unwrap();
-    let secret = secret.unwrap();
-    let grant = Grant {
-        agent: "bench".into(),
-        tools: vec![],
-        providers: vec!["acme".into()],
-        ttl: 3600,
-    };
-    let mut tx = db.begin().await.unwrap();
-    let (dlg, _) = state
-        .agents
-        .delegate(&mut tx, user, &agent, &grant)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-    let secret = strongbox::agents::secret_text(&secret);
+    let fixture = releases::fixture(&db, &vault, &clock, limits, "bench-user").await;
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -340,7 +286,7 @@ async fn bench(name: &str, url: &str, seconds: u64) {
     // from the generator's and the kernel's share of what the client sees.
     let served: Served = Arc::default();
     let timing = Arc::clone(&served);
-    let app = strongbox::app(state).layer(axum::middleware::from_fn(
+    let app = strongbox::app(fixture.state.clone()).layer(axum::middleware::from_fn(
         move |req: axum::extract::Request, next: axum::middleware::Next| {
             let timing = Arc::clone(&timing);
             async move {
@@ -359,15 +305,7 @@ async fn bench(name: &str, url: &str, seconds: u64) {
         .await
         .unwrap();
     });
-    let body = "{}";
-    let request =         format!(
-            "POST /v1/credentials/acme HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\
-             Strongbox-Delegation: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            secret.as_str(),
-            token_text(&dlg).as_str(),
-            body.len()
-        )
-        .into_bytes();
+    let request = releases::request(addr, &fixture);
 
     let count = |url: String| async move {
         let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();

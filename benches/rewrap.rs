@@ -21,22 +21,17 @@
 )]
 
 use std::sync::Arc;
-use std::time::Instant;
-
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::{Connection, Executor};
-use strongbox::agents::{Grant, token_text};
-use strongbox::audit::{Actor, Event, Kind};
+use strongbox::audit::Actor;
 use strongbox::clock::{Clock, SystemClock};
 use strongbox::crypto::{AeadKey, Cipher, Key32};
-use strongbox::secret::AccessToken;
 use strongbox::store::{Db, kek};
 use strongbox::vault::envelope::{self, Binding};
 use strongbox::vault::keyring::unseal_kek;
 use strongbox::vault::{RootKey, RootKeySource, Vault, VaultSettings};
-use strongbox::vault::{Scopes, TokenSet};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 const USERS: usize = 1000;
@@ -110,71 +105,23 @@ async fn seed(url: &str, n: usize) {
     tx.commit().await.unwrap();
 }
 
-const POLICY: &str = r#"permit(principal == Agent::"bench", action == Action::"fetch_credential", resource == Provider::"acme");"#;
+#[path = "support/releases.rs"]
+mod releases;
 
-/// Serves the app on loopback with one user's credential (under the current KEK), an
-/// agent and a delegation; returns the address and a release request.
+/// Serves the app on loopback, ready to release one user's credential (sealed under the
+/// current KEK); returns the address and a release request.
 async fn serve_releases(
     db: &Db,
     vault: &Arc<Vault>,
     clock: &Arc<dyn Clock>,
 ) -> (std::net::SocketAddr, Vec<u8>) {
-    let policies = tempfile::tempdir().unwrap();
-    std::fs::write(policies.path().join("bench.cedar"), POLICY).unwrap();
-    let config = strongbox::config::Config::from_toml(&format!(
-        "policies_dir = \"{}\"\n\
-         [limits]\nsignin_per_second = 0\nagent_user_per_second = 0\nagent_per_second = 0\n\
-         [providers.acme]\nkind = \"oauth2\"\nclient_id = \"cid\"\nclient_secret = \"cs\"\n\
-         authorize_url = \"http://127.0.0.1:9/a\"\ntoken_url = \"http://127.0.0.1:9/t\"\n",
-        policies.path().display()
-    ))
-    .unwrap();
-    let state =
-        strongbox::AppState::build(config, db.clone(), Arc::clone(vault), Arc::clone(clock))
-            .unwrap();
-    std::mem::forget(policies); // read at start; kept for the life of the bench
-    let user = "release-user";
-    let mut tx = db.begin().await.unwrap();
-    strongbox::store::users::insert(&mut tx, user, clock.unix())
-        .await
-        .unwrap();
-    let tokens = TokenSet {
-        access_token: AccessToken::new("at-bench-not-a-real-token".into()),
-        refresh_token: None,
-        id_token: None,
-        token_type: "Bearer".into(),
-        expires_at: Some(clock.unix() + 86_400),
-        scopes: vec!["read".into()],
-    };
-    let event = Event::new(Kind::CredentialStored, Actor::Cli, format!("user:{user}"));
-    vault
-        .store(&mut tx, event, user, "acme", &tokens, Scopes::Replace)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-    let (agent, secret) = state
-        .agents
-        .add("bench", &Default::default(), Actor::Cli)
-        .await
-        .unwrap();
-    let secret = strongbox::agents::secret_text(&secret.unwrap());
-    let grant = Grant {
-        agent: "bench".into(),
-        tools: vec![],
-        providers: vec!["acme".into()],
-        ttl: 3600,
-    };
-    let mut tx = db.begin().await.unwrap();
-    let (dlg, _) = state
-        .agents
-        .delegate(&mut tx, user, &agent, &grant)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
+    let fixture = releases::fixture(db, vault, clock, releases::LIMITS_OFF, "release-user").await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let app = strongbox::app(state);
+    let request = releases::request(addr, &fixture);
+    let app = strongbox::app(fixture.state.clone());
     tokio::spawn(async move {
+        let _policies = fixture;
         axum::serve(
             listener,
             app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
@@ -182,13 +129,6 @@ async fn serve_releases(
         .await
         .unwrap();
     });
-    let request = format!(
-        "POST /v1/credentials/acme HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\
-         Strongbox-Delegation: {}\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}",
-        secret.as_str(),
-        token_text(&dlg).as_str(),
-    )
-    .into_bytes();
     (addr, request)
 }
 

@@ -2,7 +2,8 @@
 //!
 //! By default the commit that takes the log past 1,000 pages copies the log into the
 //! database file and syncs it before it returns, so every few hundred releases one waited
-//! for a checkpoint. The pool's connections turn automatic checkpoints off; this task,
+//! for a checkpoint. The pool's connections leave that to this task (their own threshold
+//! is only a safety net); this task,
 //! on a connection of its own, checkpoints every [`TICK`] without blocking anyone
 //! (`PASSIVE`). Under continuous commits a passive checkpoint never finds the moment to
 //! start the log over, so once the log passes [`RESTART_FROM`] frames and all of it is
@@ -24,10 +25,11 @@ const RESTART_FROM: i64 = 16_384;
 /// How long a restart waits for writers and readers to pause, in milliseconds.
 const RESTART_PATIENCE: u32 = 50;
 
-/// Statements for the pool's connections: no checkpoint in a commit, and a log cut back
-/// to 64 MiB once it is started over.
+/// Statements for the pool's connections: no checkpoint in a commit unless the log is four
+/// times past [`RESTART_FROM`] (a safety net, should this task be unable to connect), and
+/// a log cut back to 64 MiB once it is started over.
 pub(super) const POOL_PRAGMAS: &str =
-    "PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 67108864;";
+    "PRAGMA wal_autocheckpoint = 65536; PRAGMA journal_size_limit = 67108864;";
 
 /// Runs until the database is closed or dropped (`open` is the [`super::Db`]'s flag).
 pub(super) fn spawn(options: AnyConnectOptions, open: Weak<AtomicBool>) {
@@ -42,7 +44,13 @@ pub(super) fn spawn(options: AnyConnectOptions, open: Weak<AtomicBool>) {
                 _ => break,
             }
             if conn.is_none() {
-                conn = options.connect().await.ok();
+                conn = match options.connect().await {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot open a connection for WAL checkpoints");
+                        None
+                    }
+                };
                 if let Some(c) = conn.as_mut() {
                     let pragmas = format!("PRAGMA busy_timeout = {RESTART_PATIENCE};");
                     if c.execute(pragmas.as_str()).await.is_err() {

@@ -229,26 +229,6 @@ pub async fn insert_primary(
     Ok(())
 }
 
-/// Whether `version` is the primary, holding its row against a rotation or retirement
-/// (which lock it for update) until commit; any number of holders at once. On SQLite the
-/// transaction's write lock already does this.
-pub async fn hold_primary(
-    conn: &mut Conn,
-    backend: super::Backend,
-    version: i64,
-) -> Result<bool, sqlx::Error> {
-    let share = match backend {
-        super::Backend::Sqlite => "",
-        super::Backend::Postgres => " FOR SHARE",
-    };
-    let sql = format!("SELECT version FROM kek WHERE version = $1 AND state = 'primary'{share}");
-    Ok(sqlx::query(&sql)
-        .bind(version)
-        .fetch_optional(conn)
-        .await?
-        .is_some())
-}
-
 /// Locks one version's row for the rest of the transaction.
 pub async fn lock(
     conn: &mut Conn,

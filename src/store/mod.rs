@@ -371,7 +371,7 @@ mod tests {
             .fetch_one(&mut *conn)
             .await
             .unwrap();
-        assert_eq!(every, 0, "no checkpoint in a commit");
+        assert!(every >= 16_384, "no checkpoint in a commit: {every}");
         conn.execute("CREATE TABLE t (b BLOB)").await.unwrap();
         for _ in 0..64 {
             sqlx::query("INSERT INTO t VALUES (randomblob(32768))")

@@ -8,7 +8,6 @@
 
 use std::sync::Arc;
 
-use futures_util::future::join_all;
 use serde_json::json;
 
 use super::{Envelope, RootKey, Vault, VaultError, auth, envelope, keyring};
@@ -16,7 +15,7 @@ use crate::audit::{self, Actor, Event, Kind};
 use crate::crypto::{AeadKey, Key32};
 use crate::store::connection::{self as conns, Swap};
 use crate::store::kek::{self, KekState};
-use crate::store::{Backend, Conn, is_unique_violation};
+use crate::store::{Conn, is_unique_violation};
 
 /// The most rows one swap statement carries (4 parameters each, far below every
 /// backend's limit).
@@ -159,15 +158,9 @@ impl Vault {
     }
 
     /// Re-wraps every record under an older KEK with the primary, `batch` rows per
-    /// committed transaction. While batches are written, the next is read and re-wrapped.
-    /// On PostgreSQL two batches are written at once (the server's work on a batch is
-    /// mostly index upkeep, one core per transaction); SQLite has one writer.
+    /// committed transaction. While one batch is written, the next is read and re-wrapped.
     pub async fn rewrap(&self, actor: Actor, batch: usize) -> Result<RewrapReport, VaultError> {
         let limit = i64::try_from(batch.max(1)).unwrap_or(1000);
-        let writers = match self.db.backend() {
-            Backend::Postgres => 2,
-            Backend::Sqlite => 1,
-        };
         let mut report = RewrapReport::default();
         'scan: loop {
             let primary = kek::primary(self.db.pool())
@@ -177,37 +170,18 @@ impl Vault {
             let target = self.kek(primary).await?;
             report.failed.clear();
             let mut next = self.prepare(primary, &target, "", limit).await?;
-            while let Some(first) = next.take() {
-                let mut batches = vec![first];
-                while batches.len() < writers {
-                    let after = batches.last().map(|b| b.last.clone()).unwrap_or_default();
-                    match self.prepare(primary, &target, &after, limit).await? {
-                        Some(b) => batches.push(b),
-                        None => break,
-                    }
-                }
-                let after = batches.last().map(|b| b.last.clone()).unwrap_or_default();
-                let writes = batches
-                    .iter()
-                    .map(|b| self.write_batch(&actor, primary, &b.swaps));
+            while let Some(current) = next.take() {
                 let (written, prepared) = tokio::join!(
-                    join_all(writes),
-                    self.prepare(primary, &target, &after, limit),
+                    self.write_batch(&actor, primary, &current.swaps),
+                    self.prepare(primary, &target, &current.last, limit),
                 );
-                let mut moved = false;
-                for (current, written) in batches.into_iter().zip(written) {
-                    let Some((changed, skipped)) = written? else {
-                        moved = true;
-                        continue;
-                    };
-                    report.rewrapped += changed;
-                    report.skipped += skipped;
-                    report.failed.extend(current.failed);
-                }
-                if moved {
+                let Some((changed, skipped)) = written? else {
                     // The primary moved (or filled up and was rotated): scan again.
                     continue 'scan;
-                }
+                };
+                report.rewrapped += changed;
+                report.skipped += skipped;
+                report.failed.extend(current.failed);
                 tracing::info!(
                     rewrapped = report.rewrapped,
                     to = primary,
@@ -260,16 +234,9 @@ impl Vault {
         swaps: &[Swap],
     ) -> Result<Option<(u64, u64)>, VaultError> {
         let n = i64::try_from(swaps.len()).unwrap_or(i64::MAX);
-        // The wraps are reserved first, in a transaction of their own: a reservation is an
-        // upper bound on the wraps made under a KEK, so one that a failed batch never uses
-        // only counts high, and no batch holds the KEK's row while it swaps (concurrent
-        // batches would queue on it, and a store that reserves before it writes a row
-        // would deadlock with a batch that wrote rows before it reserved).
         let mut tx = self.db.begin().await?;
         match kek::reserve_wraps(&mut tx, n, self.settings.max_wraps).await? {
-            kek::Reservation::Reserved { version, .. } if version == primary => {
-                tx.commit().await?;
-            }
+            kek::Reservation::Reserved { version, .. } if version == primary => {}
             kek::Reservation::NoPrimary => return Err(VaultError::NoPrimary),
             kek::Reservation::Reserved { .. } => return Ok(None),
             kek::Reservation::Full { version } => {
@@ -282,15 +249,9 @@ impl Vault {
                 return Ok(None);
             }
         }
-        // The primary's row is held (shared, so batches swap side by side) until commit: a
-        // rotation or a retirement waits, so no record is swapped to a KEK that stopped
-        // being the primary meanwhile. One statement binds four parameters per row: a batch
-        // larger than a statement can carry (PostgreSQL takes 65,535 parameters, SQLite
-        // 32,766) goes in slices, all in this one transaction with its one audit event.
-        let mut tx = self.db.begin().await?;
-        if !kek::hold_primary(&mut tx, self.db.backend(), primary).await? {
-            return Ok(None);
-        }
+        // One statement binds four parameters per row: a batch larger than a statement
+        // can carry (PostgreSQL takes 65,535 parameters, SQLite 32,766) goes in slices,
+        // all in this one transaction with its one audit event.
         let mut changed = 0;
         for slice in swaps.chunks(SWAP_SLICE) {
             changed += conns::swap_envelopes(&mut tx, primary, slice).await?;
