@@ -76,8 +76,12 @@ pub async fn dress_cookie_removal(
 ) -> Response {
     let mut resp = next.run(req).await;
     let https = app.config.https;
-    let removal = format!("{}=;", cookie_name(https));
-    let is_removal = |v: &HeaderValue| v.as_bytes().starts_with(removal.as_bytes());
+    let name = cookie_name(https).as_bytes();
+    let is_removal = |v: &HeaderValue| {
+        v.as_bytes()
+            .strip_prefix(name)
+            .is_some_and(|rest| rest.starts_with(b"=;"))
+    };
     let headers = resp.headers_mut();
     if headers.get_all(header::SET_COOKIE).iter().any(is_removal) {
         let kept: Vec<HeaderValue> = headers

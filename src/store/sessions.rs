@@ -313,23 +313,6 @@ pub async fn delete_for_user(conn: &mut Conn, user_id: &str) -> Result<u64, sqlx
         .rows_affected())
 }
 
-/// Ends one session of a user by its handle.
-pub async fn delete_by_handle(
-    conn: &mut Conn,
-    user_id: &str,
-    handle: &str,
-) -> Result<bool, sqlx::Error> {
-    Ok(
-        sqlx::query("DELETE FROM session WHERE user_id = $1 AND handle = $2")
-            .bind(user_id)
-            .bind(handle)
-            .execute(conn)
-            .await?
-            .rows_affected()
-            > 0,
-    )
-}
-
 /// A user's live sessions, newest first, with the digest of each for marking the current one.
 pub async fn for_user<'e, E>(
     e: E,
